@@ -1,7 +1,8 @@
 """Build script for cnnrt: the Python package plus the Cython kernels in ext/.
 
-Every ``ext/<name>.pyx`` becomes the extension module ``cnnrt._<name>``,
-compiled with OpenMP.  Environment switches:
+Every ``ext/<name>.pyx`` (or ``ext/_<name>.pyx``, which can then have an
+``ext/_<name>.pxd`` C-level API beside it) becomes the extension module
+``cnnrt._<name>``, compiled with OpenMP.  Environment switches:
 
 * ``CNNRT_DEBUG=1``     bounds checks and wraparound back on, -O0 -g.
 * ``CNNRT_SANITIZE=address``  build with AddressSanitizer and UBSan.
@@ -40,9 +41,11 @@ directives = {
 extensions = []
 for path in sorted(glob.glob(os.path.join("ext", "*.pyx"))):
     name = os.path.splitext(os.path.basename(path))[0]
+    if not name.startswith("_"):
+        name = "_" + name
     extensions.append(
         Extension(
-            "cnnrt._" + name,
+            "cnnrt." + name,
             [path],
             include_dirs=[np.get_include(), "ext"],
             extra_compile_args=compile_args,

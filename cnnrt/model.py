@@ -1,0 +1,381 @@
+"""Loading a model and running it: the execution plan and the Model API.
+
+``load`` reads and validates a file (``cnnrt.format``); :class:`Model` turns
+the graph into an execution plan once: every tensor's shape, a memory plan
+that reuses activation buffers (liveness-based, with in-place element-wise
+ops and free flattens), and weights prepared for the kernels.  ``predict``
+then enters compiled code once per call and runs the whole graph there with
+the GIL released.
+"""
+import os
+import threading
+from math import prod
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _engine
+from .errors import ModelFormatError
+from .format import DEFAULT_MEMORY_LIMIT, Graph, read_model, validate
+from .ops import OPS, softmax_axis
+
+ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
+
+# Element-wise ops that may write their output over their (dying) first input.
+_IN_PLACE = {"relu", "sigmoid", "tanh", "leaky_relu", "clip", "batchnorm2d", "add"}
+
+
+def get_num_threads() -> int:
+    """Number of cores this process may use: the default thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_threads(threads, what="threads"):
+    if threads is None:
+        return get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise ValueError(f"{what} must be a positive integer or None, got {threads!r}")
+    if threads < 1:
+        raise ValueError(f"{what} must be a positive integer or None, got {threads}")
+    return int(threads)
+
+
+def load(path, threads: Optional[int] = None, memory_limit: Optional[int] = None) -> "Model":
+    """Read, validate and plan a model file.
+
+    ``threads``: kernel threads per ``predict`` call (``None``: every core).
+    ``memory_limit``: bytes a model may ask for (weights, and activations
+    per sample); default 4 GiB.  Raises ModelFormatError for a bad file.
+    """
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else int(memory_limit)
+    if limit <= 0:
+        raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
+    threads = _check_threads(threads)
+    graph = read_model(path, memory_limit=limit)
+    return Model(graph, threads=threads, memory_limit=limit)
+
+
+class _Storage:
+    __slots__ = ("size", "last", "offset")
+
+    def __init__(self, size, last):
+        self.size = size
+        self.last = last
+        self.offset = -1
+
+
+class _Arena:
+    """First-fit allocator of per-sample float offsets."""
+
+    def __init__(self):
+        self.free: List[Tuple[int, int]] = []  # (offset, size), sorted
+        self.end = 0
+
+    def alloc(self, size):
+        size = -(-size // ALIGN) * ALIGN
+        for i, (off, sz) in enumerate(self.free):
+            if sz >= size:
+                if sz == size:
+                    del self.free[i]
+                else:
+                    self.free[i] = (off + size, sz - size)
+                return off
+        off = self.end
+        self.end += size
+        return off
+
+    def release(self, off, size):
+        size = -(-size // ALIGN) * ALIGN
+        self.free.append((off, size))
+        self.free.sort()
+        merged = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+class Model:
+    """A loaded, validated and planned model.  Thread-safe for ``predict``."""
+
+    def __init__(self, graph: Graph, threads: Optional[int] = None,
+                 memory_limit: int = DEFAULT_MEMORY_LIMIT):
+        self.graph = graph
+        self._threads = _check_threads(threads)
+        self._shapes = validate(graph, memory_limit)
+        self._lock = threading.Lock()
+        self._arenas: List[np.ndarray] = []
+        self._build()
+
+    # ------------------------------------------------------------- properties
+    @property
+    def input_layout(self) -> str:
+        return self.graph.input_layout
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        """Shape of one sample as callers pass it (C,H,W or H,W,C)."""
+        c, h, w = self.graph.input_shape
+        return (h, w, c) if self.input_layout == "NHWC" else (c, h, w)
+
+    @property
+    def output_shape(self) -> Tuple[int, ...]:
+        return self._shapes[self.graph.outputs[0]]
+
+    @property
+    def labels(self) -> Optional[List[str]]:
+        return self.graph.labels
+
+    @property
+    def preprocess(self) -> Optional[Dict[str, object]]:
+        return self.graph.preprocess
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, value):
+        self._threads = _check_threads(value)
+
+    # ------------------------------------------------------------- planning
+    def _build(self):
+        g = self.graph
+        shapes = self._shapes
+        n_nodes = len(g.nodes)
+        last_use: Dict[str, int] = {g.inputs[0]: -1}
+        for i, node in enumerate(g.nodes):
+            last_use.setdefault(node.outputs[0], i)
+            for t in node.inputs:
+                last_use[t] = i
+        last_use[g.outputs[0]] = n_nodes
+
+        storage: Dict[str, _Storage] = {}
+        arena = _Arena()
+        inp = g.inputs[0]
+        storage[inp] = _Storage(prod(shapes[inp]), last_use[inp])
+        storage[inp].offset = in_off = arena.alloc(storage[inp].size)
+
+        steps = []
+        scratch = 0
+        for i, node in enumerate(g.nodes):
+            out = node.outputs[0]
+            src = storage[node.inputs[0]]
+            first_dies = src.last == i and node.inputs.count(node.inputs[0]) == 1
+            if node.op == "flatten" or (node.op in _IN_PLACE and first_dies):
+                # write over the input: same storage, lifetime extended
+                src.last = max(src.last, last_use[out])
+                storage[out] = src
+            else:
+                st = _Storage(prod(shapes[out]), last_use[out])
+                st.offset = arena.alloc(st.size)
+                storage[out] = st
+            if node.op != "flatten":
+                step, need = self._step(node, [storage[t].offset for t in node.inputs],
+                                        storage[out].offset)
+                steps.append(step)
+                scratch = max(scratch, need)
+            # release storages whose last reader was this node
+            seen = set()
+            for t in node.inputs + [out]:
+                st = storage[t]
+                if id(st) in seen:
+                    continue
+                seen.add(id(st))
+                if st.last <= i and st.offset >= 0:
+                    arena.release(st.offset, st.size)
+                    st.offset = -2  # released; offsets already recorded in steps
+
+        out_name = g.outputs[0]
+        self._plan = _engine.Plan(
+            steps,
+            arena.end,
+            scratch,
+            in_off,
+            tuple(g.input_shape),
+            g.input_layout == "NHWC",
+            storage[out_name].offset,
+            prod(shapes[out_name]),
+        )
+
+    def _step(self, node, in_offs, out_off):
+        """Describe one node as a kernel step; returns (step dict, scratch floats)."""
+        shapes = self._shapes
+        a = node.attrs
+        w = node.weights
+        in_shape = shapes[node.inputs[0]]
+        out_shape = shapes[node.outputs[0]]
+        d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
+             "in_size": prod(in_shape), "out_size": prod(out_shape)}
+        need = 0
+        if node.op in ("conv2d", "locally_connected2d", "maxpool2d", "avgpool2d", "l2pool2d"):
+            C, H, W = in_shape
+            K, H2, W2 = out_shape
+            d.update(C=C, H=H, W=W, K=K, H2=H2, W2=W2)
+            d["kh"], d["kw"] = a["kernel"]
+            d["sh"], d["sw"] = a["stride"]
+            d["pt"], d["pl"], d["pb"], d["pr"] = a["padding"]
+            d["dh"], d["dw"] = a.get("dilation", (1, 1))
+            d["groups"] = a.get("groups", 1)
+            if node.op == "avgpool2d":
+                d["flag"] = a["count_include_pad"]
+        if node.op == "conv2d":
+            d["activation"] = a["activation"]
+            d["w"] = w["weight"]
+            d["b"] = w.get("bias")
+            g = a["groups"]
+            if C == g:
+                d["op"] = "depthwise2d"
+            else:
+                pointwise = (a["kernel"] == (1, 1) and a["stride"] == (1, 1)
+                             and not any(a["padding"]))
+                if not pointwise:
+                    need = (C // g) * d["kh"] * d["kw"] * H2 * W2
+        elif node.op == "locally_connected2d":
+            d["activation"] = a["activation"]
+            d["w"] = w["weight"]
+            d["b"] = w.get("bias")
+        elif node.op == "dense":
+            d["activation"] = a["activation"]
+            d["w"] = w["weight"]
+            d["b"] = w.get("bias")
+        elif node.op in ("globalavgpool", "globalmaxpool"):
+            d["C"], d["H"], d["W"] = in_shape
+        elif node.op == "leaky_relu":
+            d["f0"] = a["alpha"]
+        elif node.op == "clip":
+            d["f0"], d["f1"] = a["min"], a["max"]
+        elif node.op == "batchnorm2d":
+            gamma = w["gamma"].astype(np.float64)
+            var = w["var"].astype(np.float64)
+            scale = gamma / np.sqrt(var + a["epsilon"])
+            shift = w["beta"].astype(np.float64) - w["mean"].astype(np.float64) * scale
+            d["C"] = in_shape[0]
+            d["H"] = prod(in_shape[1:])
+            d["W"] = 1
+            d["w"] = scale.astype(np.float32)
+            d["b"] = shift.astype(np.float32)
+        elif node.op in ("softmax", "concat"):
+            ax = softmax_axis(a["axis"], len(out_shape))
+            d["outer"] = prod(out_shape[:ax])
+            d["axis"] = out_shape[ax]
+            d["inner"] = prod(out_shape[ax + 1:])
+            if node.op == "concat":
+                d["in_len"] = [shapes[t][ax] for t in node.inputs]
+        return d, need
+
+    # ------------------------------------------------------------- running
+    def _prepare(self, x) -> np.ndarray:
+        expected = ("N",) + self.input_shape
+        want = "(" + ", ".join(map(str, expected)) + ")"
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception as exc:
+                raise ValueError(f"input must be a numeric array of shape {want}: {exc}") from None
+        if x.dtype.kind not in "iuf":
+            raise ValueError(
+                f"input must be a real numeric array of shape {want} ({self.input_layout}), "
+                f"got dtype {x.dtype}"
+            )
+        if x.ndim == len(self.input_shape) and tuple(x.shape) == self.input_shape:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} has no batch axis: expected {want} "
+                f"({self.input_layout}); pass x[None] for one sample"
+            )
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}, expected {want} ({self.input_layout})"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"input batch is empty: expected {want} with N >= 1")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"input of shape {tuple(x.shape)} has NaN or infinite values")
+        return x
+
+    def _take_arena(self, size):
+        with self._lock:
+            for i, arr in enumerate(self._arenas):
+                if arr.shape[0] >= size:
+                    return self._arenas.pop(i)
+        return np.empty(max(size, 1), dtype=np.float32)
+
+    def _give_arena(self, arr):
+        with self._lock:
+            if len(self._arenas) < 8:
+                self._arenas.append(arr)
+                self._arenas.sort(key=lambda a: a.shape[0])
+
+    def predict(self, x, threads: Optional[int] = None) -> np.ndarray:
+        """Run the model on a batch ``x`` of shape ``(N, *input_shape)``.
+
+        Returns a float32 array of shape ``(N, *output_shape)``.  ``threads``
+        overrides the model's thread count for this call.
+        """
+        nt = self._threads if threads is None else _check_threads(threads)
+        x = self._prepare(x)
+        n = x.shape[0]
+        out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
+        arena = self._take_arena(self._plan.arena_size(n))
+        try:
+            self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
+        finally:
+            self._give_arena(arena)
+        return out
+
+    def predict_image(self, image) -> np.ndarray:
+        """Scores for one image: a path, bytes, a file object or a PIL image.
+
+        The image is decoded and preprocessed as the file's /meta/preprocess
+        says (see ``cnnrt.image.load_image``).
+        """
+        from .image import load_image
+
+        x = load_image(image, self.graph.input_shape, self.input_layout, self.preprocess)
+        return self.predict(x[None])[0]
+
+    # ------------------------------------------------------------- reporting
+    def layers(self):
+        """One dict per node: name, op, output shape, parameters, multiply-adds."""
+        rows = []
+        for node in self.graph.nodes:
+            ins = [self._shapes[t] for t in node.inputs]
+            out = self._shapes[node.outputs[0]]
+            params = sum(int(v.size) for k, v in node.weights.items())
+            macs = OPS[node.op].macs(node.attrs, ins, out)
+            rows.append({"name": node.name, "op": node.op, "output_shape": out,
+                         "params": params, "macs": int(macs)})
+        return rows
+
+    def summary(self) -> str:
+        """A printable table of the nodes with totals."""
+        rows = self.layers()
+        cells = [("name", "op", "output shape", "params", "mult-adds")]
+        for r in rows:
+            cells.append((r["name"], r["op"], "x".join(map(str, r["output_shape"])),
+                          f"{r['params']:,}", f"{r['macs']:,}"))
+        total_p = sum(r["params"] for r in rows)
+        total_m = sum(r["macs"] for r in rows)
+        cells.append(("total", f"{len(rows)} nodes", "", f"{total_p:,}", f"{total_m:,}"))
+        widths = [max(len(c[i]) for c in cells) for i in range(5)]
+        lines = []
+        for j, c in enumerate(cells):
+            line = "  ".join(
+                c[i].ljust(widths[i]) if i < 3 else c[i].rjust(widths[i]) for i in range(5)
+            )
+            lines.append(line.rstrip())
+            if j == 0 or j == len(cells) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        head = (f"input {self.input_layout} {list(self.input_shape)} -> "
+                f"output {list(self.output_shape)}")
+        return head + "\n" + "\n".join(lines)
+
+    def __repr__(self):
+        return (f"<cnnrt.Model {len(self.graph.nodes)} nodes, input {self.input_layout} "
+                f"{self.input_shape}, output {self.output_shape}, threads={self._threads}>")

@@ -1,0 +1,59 @@
+# Types of the cnnrt execution engine (module cnnrt._engine), included by
+# ext/_engine.pyx and by any kernel module that builds or reads plan steps.
+#
+# A model is executed as an array of ``Step`` structs, one per planned node.
+# Every tensor lives in one float32 arena: a tensor with ``size`` elements per
+# sample at per-sample offset ``off`` occupies ``arena[off*N : off*N + size*N]``
+# for a batch of N, laid out [N, size].  Kernels read inputs first, then write
+# preallocated outputs, and take the thread count last.  Kernels never
+# allocate: scratch space is part of the arena.
+
+# ---------------------------------------------------------------- op codes
+cdef enum OpCode:
+    OP_CONV2D = 1
+    OP_DEPTHWISE2D
+    OP_LOCALLY_CONNECTED2D
+    OP_DENSE
+    OP_MAXPOOL2D
+    OP_AVGPOOL2D
+    OP_L2POOL2D
+    OP_GLOBALAVGPOOL
+    OP_GLOBALMAXPOOL
+    OP_RELU
+    OP_SIGMOID
+    OP_TANH
+    OP_LEAKY_RELU
+    OP_CLIP
+    OP_BATCHNORM
+    OP_SOFTMAX
+    OP_ADD
+    OP_CONCAT
+
+# ------------------------------------------------------- fused activations
+cdef enum Activation:
+    ACT_NONE = 0
+    ACT_RELU
+    ACT_RELU6
+    ACT_SIGMOID
+    ACT_TANH
+
+# ------------------------------------------------------------- plan steps
+ctypedef struct Step:
+    int op
+    int act
+    int n_in
+    const Py_ssize_t* in_off      # per-sample offsets of the inputs
+    const Py_ssize_t* in_len      # concat: axis length of each input
+    Py_ssize_t out_off
+    Py_ssize_t in_size            # elements per sample of input 0
+    Py_ssize_t out_size           # elements per sample of the output
+    Py_ssize_t C, H, W            # input image
+    Py_ssize_t K, H2, W2          # output image
+    Py_ssize_t kh, kw, sh, sw, dh, dw
+    Py_ssize_t pt, pl, pb, pr
+    Py_ssize_t groups
+    Py_ssize_t outer, axis, inner # softmax / concat view [outer, axis, inner]
+    int flag                      # avgpool: count_include_pad
+    float f0, f1                  # leaky_relu alpha; clip min, max
+    const float* w                # weights (or batchnorm scale)
+    const float* b                # bias (or batchnorm shift); NULL if none
