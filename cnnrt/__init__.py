@@ -6,6 +6,7 @@ file, plans its execution once, and returns a :class:`Model` whose
 """
 from ._version import __version__
 from .errors import ModelFormatError
-from .model import Model, load, get_num_threads
+from .model import Model, get_isa, get_num_threads, load, set_isa
 
-__all__ = ["__version__", "ModelFormatError", "Model", "load", "get_num_threads"]
+__all__ = ["__version__", "ModelFormatError", "Model", "load", "get_num_threads",
+           "get_isa", "set_isa"]

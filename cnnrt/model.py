@@ -21,8 +21,43 @@ from .ops import OPS, softmax_axis
 
 ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
 
+if os.environ.get("CNNRT_ISA"):
+    _engine.set_isa(os.environ["CNNRT_ISA"].strip().lower())
+
+
+def get_isa() -> str:
+    """The kernel variant in use: ``scalar``, ``avx2`` or ``avx512``."""
+    return _engine.get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Use the kernel variant ``name`` (``scalar``, ``avx2``, ``avx512``) from now on.
+
+    The default is the fastest one the CPU supports; the environment variable
+    ``CNNRT_ISA`` sets it at import.  Raises ValueError for a variant the CPU
+    cannot run.
+    """
+    _engine.set_isa(name)
+
 # Element-wise ops that may write their output over their (dying) first input.
 _IN_PLACE = {"relu", "sigmoid", "tanh", "leaky_relu", "clip", "batchnorm2d", "add"}
+
+
+def pack_conv_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+    """Reorder conv weights [K, C/g, kh, kw] into GEMM panels.
+
+    Layout [groups, panels, Q, MR]: for each group, output channels in panels
+    of MR (the last one zero-padded), each panel step-major over the
+    Q = C/g*kh*kw taps, as the micro-kernels read them.
+    """
+    K = weight.shape[0]
+    Kg = K // groups
+    Q = int(np.prod(weight.shape[1:]))
+    mr = _engine.GEMM_MR
+    panels = -(-Kg // mr)
+    padded = np.zeros((groups, panels * mr, Q), dtype=np.float32)
+    padded[:, :Kg] = weight.reshape(groups, Kg, Q)
+    return np.ascontiguousarray(padded.reshape(groups, panels, mr, Q).transpose(0, 1, 3, 2))
 
 
 def get_num_threads() -> int:
@@ -232,10 +267,7 @@ class Model:
             if C == g:
                 d["op"] = "depthwise2d"
             else:
-                pointwise = (a["kernel"] == (1, 1) and a["stride"] == (1, 1)
-                             and not any(a["padding"]))
-                if not pointwise:
-                    need = (C // g) * d["kh"] * d["kw"] * H2 * W2
+                d["w"] = pack_conv_weights(w["weight"], g)
         elif node.op == "locally_connected2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]
@@ -322,7 +354,7 @@ class Model:
         x = self._prepare(x)
         n = x.shape[0]
         out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
-        arena = self._take_arena(self._plan.arena_size(n))
+        arena = self._take_arena(self._plan.arena_size(n, nt))
         try:
             self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
         finally:

@@ -10,7 +10,7 @@ the arena and describes every node as a ``Step``; :class:`Plan` owns the
 step array and :meth:`Plan.run` executes all of it in one ``nogil`` call.
 """
 cimport cython
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport expf, tanhf, sqrtf, INFINITY
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -21,11 +21,8 @@ include "engine_types.pxi"
 
 # Work items of element-wise kernels: contiguous chunks of this many floats.
 DEF CHUNK = 16384
-# GEMM register tile: MR output rows by NR output columns.
-DEF MR = 4
-DEF NR = 8
-# Columns handled by one parallel GEMM task.
-DEF NC = 64
+# Floats of thread-private packing space (one B panel of KC x NR_MAX).
+DEF PACK_FLOATS = 256 * 32
 
 
 # ==========================================================================
@@ -60,178 +57,212 @@ cdef inline void activate_row(float* y, Py_ssize_t n, int act) noexcept nogil:
 
 
 # ==========================================================================
-# GEMM: Y[M, P] = act(bias + A[M, Q] @ B[Q, P]), all row-major
+# Convolution: packed GEMM with SIMD micro-kernels (ext/f32_gemm.h)
 # ==========================================================================
+#
+# Y[K, P] = W[K, Q] @ X_col[Q, P] per image and group, P = H2*W2 output
+# positions, Q = C/groups*kh*kw taps.  Weights are packed once at load into
+# panels of MR output channels (pack_conv_weights).  Columns of X_col are
+# never materialised: each task packs its NR output positions for one block
+# of KC taps straight from the input image into a thread-private panel, then
+# runs the micro-kernel for each of its weight panels.
 
-cdef inline void gemm_tile_full(const float* A, const float* B, float* Y,
-                                const float* bias, Py_ssize_t Q, Py_ssize_t P,
-                                Py_ssize_t m0, Py_ssize_t p0) noexcept nogil:
-    """A full MR x NR tile, accumulated in registers."""
-    cdef float acc[MR * NR]
-    cdef float a0, a1, a2, a3, bv
-    cdef const float* brow
-    cdef const float* a_0 = A + (m0 + 0) * Q
-    cdef const float* a_1 = A + (m0 + 1) * Q
-    cdef const float* a_2 = A + (m0 + 2) * Q
-    cdef const float* a_3 = A + (m0 + 3) * Q
-    cdef Py_ssize_t q, j, r
-    for r in range(MR):
-        bv = bias[m0 + r] if bias != NULL else 0.0
-        for j in range(NR):
-            acc[r * NR + j] = bv
-    for q in range(Q):
-        brow = B + q * P + p0
-        a0 = a_0[q]
-        a1 = a_1[q]
-        a2 = a_2[q]
-        a3 = a_3[q]
-        for j in range(NR):
-            acc[0 * NR + j] += a0 * brow[j]
-            acc[1 * NR + j] += a1 * brow[j]
-            acc[2 * NR + j] += a2 * brow[j]
-            acc[3 * NR + j] += a3 * brow[j]
-    for r in range(MR):
-        memcpy(Y + (m0 + r) * P + p0, &acc[r * NR], NR * sizeof(float))
+cdef extern from "f32_gemm.h":
+    ctypedef void (*cnnrt_gemm_ukernel)(size_t kc, const float* a, const float* b,
+                                        float* c, size_t ldc, size_t mr, size_t nr,
+                                        const float* bias, int first, int last,
+                                        int act) noexcept nogil
+    ctypedef struct cnnrt_gemm_config:
+        int isa
+        size_t nr
+        cnnrt_gemm_ukernel ukernel
+        const char* name
+    int CNNRT_MR
+    int CNNRT_NR_MAX
+    int CNNRT_ISA_SCALAR
+    int CNNRT_ISA_AVX2
+    int CNNRT_ISA_AVX512
+    int cnnrt_isa_supported(int isa) noexcept nogil
+    int cnnrt_isa_best() noexcept nogil
+    cnnrt_gemm_config cnnrt_gemm_select(int isa) noexcept nogil
 
+# Taps per packed block: a B panel of KC x NR floats stays in L1.
+DEF KC = 256
 
-cdef inline void gemm_tile_edge(const float* A, const float* B, float* Y,
-                                const float* bias, Py_ssize_t Q, Py_ssize_t P,
-                                Py_ssize_t m0, Py_ssize_t mr,
-                                Py_ssize_t p0, Py_ssize_t pw) noexcept nogil:
-    """A partial tile (mr <= MR rows, pw <= NR columns); same summation order."""
-    cdef float acc[MR * NR]
-    cdef float a, bv
-    cdef const float* brow
-    cdef Py_ssize_t q, j, r
-    for r in range(mr):
-        bv = bias[m0 + r] if bias != NULL else 0.0
-        for j in range(pw):
-            acc[r * NR + j] = bv
-    for q in range(Q):
-        brow = B + q * P + p0
-        for r in range(mr):
-            a = A[(m0 + r) * Q + q]
-            for j in range(pw):
-                acc[r * NR + j] += a * brow[j]
-    for r in range(mr):
-        memcpy(Y + (m0 + r) * P + p0, &acc[r * NR], pw * sizeof(float))
+cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 
 
-cdef void gemm_task(const float* A, const float* B, float* Y, const float* bias,
-                    Py_ssize_t M, Py_ssize_t Q, Py_ssize_t P, int act,
-                    Py_ssize_t task, Py_ssize_t n_col_tasks) noexcept nogil:
-    cdef Py_ssize_t m0 = (task // n_col_tasks) * MR
-    cdef Py_ssize_t c0 = (task % n_col_tasks) * NC
-    cdef Py_ssize_t c1 = c0 + NC
-    cdef Py_ssize_t mr = M - m0
-    cdef Py_ssize_t p0, pw, r
-    if c1 > P:
-        c1 = P
-    if mr > MR:
-        mr = MR
-    p0 = c0
-    while p0 < c1:
-        pw = c1 - p0
-        if pw > NR:
-            pw = NR
-        if mr == MR and pw == NR:
-            gemm_tile_full(A, B, Y, bias, Q, P, m0, p0)
-        else:
-            gemm_tile_edge(A, B, Y, bias, Q, P, m0, mr, p0, pw)
-        p0 += pw
-    if act != ACT_NONE:
-        for r in range(mr):
-            activate_row(Y + (m0 + r) * P + c0, c1 - c0, act)
+cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
+                      Py_ssize_t kc, Py_ssize_t p0, Py_ssize_t nr,
+                      Py_ssize_t nr_full) noexcept nogil:
+    """Pack taps q0..q0+kc of output positions p0..p0+nr: dst[k * nr_full + j].
+
+    Positions are grouped in runs along an output row, so for stride 1 each
+    tap's run is one contiguous copy with zero fill at the borders.
+    """
+    cdef Py_ssize_t run_oy[32]
+    cdef Py_ssize_t run_ox[32]
+    cdef Py_ssize_t run_j[32]
+    cdef Py_ssize_t run_len[32]
+    cdef Py_ssize_t n_runs = 0
+    cdef Py_ssize_t j = 0, p, L, q, c, r, ky, kx, t, iy, ix0, lo, hi, i, ix
+    cdef Py_ssize_t khw = s.kh * s.kw
+    cdef const float* plane
+    cdef const float* src
+    cdef float* row
+    cdef float* out
+    while j < nr:
+        p = p0 + j
+        run_oy[n_runs] = p // s.W2
+        run_ox[n_runs] = p % s.W2
+        L = s.W2 - run_ox[n_runs]
+        if L > nr - j:
+            L = nr - j
+        run_j[n_runs] = j
+        run_len[n_runs] = L
+        n_runs += 1
+        j += L
+    for q in range(q0, q0 + kc):
+        c = q // khw
+        r = q - c * khw
+        ky = r // s.kw
+        kx = r - ky * s.kw
+        plane = xg + c * s.H * s.W
+        row = dst + (q - q0) * nr_full
+        for t in range(n_runs):
+            out = row + run_j[t]
+            L = run_len[t]
+            iy = run_oy[t] * s.sh - s.pt + ky * s.dh
+            if iy < 0 or iy >= s.H:
+                for i in range(L):
+                    out[i] = 0.0
+                continue
+            src = plane + iy * s.W
+            ix0 = run_ox[t] * s.sw - s.pl + kx * s.dw
+            if s.sw == 1:
+                lo = -ix0 if ix0 < 0 else 0
+                hi = s.W - ix0 if s.W - ix0 < L else L
+                if hi < lo:
+                    hi = lo
+                for i in range(lo):
+                    out[i] = 0.0
+                src = src + ix0
+                for i in range(lo, hi):
+                    out[i] = src[i]
+                for i in range(hi, L):
+                    out[i] = 0.0
+            else:
+                for i in range(L):
+                    ix = ix0 + i * s.sw
+                    out[i] = src[ix] if 0 <= ix < s.W else 0.0
+        if nr < nr_full:
+            memset(row + nr, 0, (nr_full - nr) * sizeof(float))
 
 
-cdef void gemm_bias_act(const float* A, const float* B, float* Y, const float* bias,
-                        Py_ssize_t M, Py_ssize_t Q, Py_ssize_t P, int act,
-                        int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_col_tasks = (P + NC - 1) // NC
-    cdef Py_ssize_t n_tasks = ((M + MR - 1) // MR) * n_col_tasks
-    cdef Py_ssize_t t
-    for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-        gemm_task(A, B, Y, bias, M, Q, P, act, t, n_col_tasks)
-
-
-# ==========================================================================
-# Convolution
-# ==========================================================================
-
-cdef void im2col_row(const Step* s, const float* x, float* col, Py_ssize_t row) noexcept nogil:
-    """One row (c, ky, kx) of the column matrix [Cg*kh*kw, H2*W2]."""
-    cdef Py_ssize_t kx = row % s.kw
-    cdef Py_ssize_t ky = (row // s.kw) % s.kh
-    cdef Py_ssize_t c = row // (s.kw * s.kh)
-    cdef const float* plane = x + c * s.H * s.W
-    cdef float* out = col + row * s.H2 * s.W2
-    cdef Py_ssize_t oy, ox, iy, ix
-    for oy in range(s.H2):
-        iy = oy * s.sh - s.pt + ky * s.dh
-        if iy < 0 or iy >= s.H:
-            memset(out + oy * s.W2, 0, s.W2 * sizeof(float))
-            continue
-        for ox in range(s.W2):
-            ix = ox * s.sw - s.pl + kx * s.dw
-            out[oy * s.W2 + ox] = plane[iy * s.W + ix] if 0 <= ix < s.W else 0.0
-
-
-cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
-                     Py_ssize_t N, int n_threads) noexcept nogil:
-    """Grouped convolution as im2col + GEMM per image and group."""
+cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
+                    cnnrt_gemm_ukernel ukernel, Py_ssize_t NRr,
+                    Py_ssize_t task, Py_ssize_t n_cb, Py_ssize_t n_kchunks,
+                    Py_ssize_t panels_per_chunk) noexcept nogil:
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Q = Cg * s.kh * s.kw
-    cdef bint pointwise = (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1
-                           and s.pt == 0 and s.pl == 0 and s.pb == 0 and s.pr == 0)
-    cdef Py_ssize_t n, g, row
-    cdef const float* xg
-    cdef const float* col
-    for n in range(N):
-        for g in range(s.groups):
-            xg = x + n * s.C * s.H * s.W + g * Cg * s.H * s.W
-            if pointwise:
-                col = xg
-            else:
-                for row in prange(Q, schedule="static", num_threads=n_threads):
-                    im2col_row(s, xg, scratch, row)
-                col = scratch
-            gemm_bias_act(s.w + g * Kg * Q, col, y + n * s.K * P + g * Kg * P,
-                          s.b + g * Kg if s.b != NULL else NULL,
-                          Kg, Q, P, s.act, n_threads)
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t kchunk = task % n_kchunks
+    cdef Py_ssize_t rest = task // n_kchunks
+    cdef Py_ssize_t cb = rest % n_cb
+    cdef Py_ssize_t ng = rest // n_cb
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t p0 = cb * NRr
+    cdef Py_ssize_t nr = P - p0
+    cdef Py_ssize_t panel0 = kchunk * panels_per_chunk
+    cdef Py_ssize_t panel1 = panel0 + panels_per_chunk
+    cdef Py_ssize_t q0, kc, panel, m0, mr
+    cdef const float* xg = x + (n * s.C + g * Cg) * s.H * s.W
+    cdef float* yg = y + (n * s.K + g * Kg) * P
+    cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
+    cdef const float* bg = s.b + g * Kg if s.b != NULL else NULL
+    if nr > NRr:
+        nr = NRr
+    if panel1 > n_panels:
+        panel1 = n_panels
+    q0 = 0
+    while q0 < Q:
+        kc = Q - q0
+        if kc > KC:
+            kc = KC
+        pack_b_conv(s, xg, pack, q0, kc, p0, nr, NRr)
+        for panel in range(panel0, panel1):
+            m0 = panel * CNNRT_MR
+            mr = Kg - m0
+            if mr > CNNRT_MR:
+                mr = CNNRT_MR
+            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack, yg + m0 * P + p0, P,
+                          mr, nr, bg + m0 if bg != NULL else NULL,
+                          q0 == 0, q0 + kc >= Q, s.act)
+        q0 += kc
 
 
-cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
+cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
+                     Py_ssize_t N, int n_threads) noexcept nogil:
+    """Grouped convolution; ``scratch`` holds one B panel per thread."""
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel  # one variant for the whole call
+    cdef Py_ssize_t NRr = _gemm.nr
+    cdef Py_ssize_t n_cb = (P + NRr - 1) // NRr
+    cdef Py_ssize_t outer = N * s.groups * n_cb
+    cdef Py_ssize_t n_kchunks = 1
+    cdef Py_ssize_t per_chunk, n_tasks, t
+    # Too few column blocks to keep every thread busy: split output channels too.
+    if outer < 4 * n_threads:
+        n_kchunks = (4 * n_threads + outer - 1) // outer
+        if n_kchunks > n_panels:
+            n_kchunks = n_panels
+    per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
+    n_kchunks = (n_panels + per_chunk - 1) // per_chunk
+    n_tasks = outer * n_kchunks
+    for t in prange(n_tasks, schedule="static", num_threads=n_threads):
+        conv_task(s, x, y, scratch + threadid() * PACK_FLOATS, ukernel, NRr,
+                  t, n_cb, n_kchunks, per_chunk)
+
+
+cdef extern from "f32_dwconv.h":
+    ctypedef void (*cnnrt_dwconv_row_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
+                                         const float* wk, Py_ssize_t kh, Py_ssize_t kw,
+                                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+                                         Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                                         Py_ssize_t oy, Py_ssize_t W2, float bias, int act,
+                                         float* out) noexcept nogil
+    cnnrt_dwconv_row_fn cnnrt_dwconv_select(int isa) noexcept nogil
+
+cdef cnnrt_dwconv_row_fn _dwconv_row = cnnrt_dwconv_select(cnnrt_isa_best())
+
+
+cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
+                          cnnrt_dwconv_row_fn row_fn) noexcept nogil:
     """One output channel of one image for a convolution with one input channel per group."""
     cdef Py_ssize_t n = item // s.K
     cdef Py_ssize_t k = item % s.K
     cdef Py_ssize_t mult = s.K // s.C
-    cdef const float* plane = x + n * s.C * s.H * s.W + (k // mult) * s.H * s.W
+    cdef const float* plane = x + (n * s.C + k // mult) * s.H * s.W
     cdef const float* wk = s.w + k * s.kh * s.kw
     cdef float* out = y + item * s.H2 * s.W2
     cdef float bias = s.b[k] if s.b != NULL else 0.0
-    cdef float acc
-    cdef Py_ssize_t oy, ox, ky, kx, iy, ix
+    cdef Py_ssize_t oy
     for oy in range(s.H2):
-        for ox in range(s.W2):
-            acc = bias
-            for ky in range(s.kh):
-                iy = oy * s.sh - s.pt + ky * s.dh
-                if iy < 0 or iy >= s.H:
-                    continue
-                for kx in range(s.kw):
-                    ix = ox * s.sw - s.pl + kx * s.dw
-                    if 0 <= ix < s.W:
-                        acc = acc + wk[ky * s.kw + kx] * plane[iy * s.W + ix]
-            out[oy * s.W2 + ox] = activate(acc, s.act)
+        row_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl,
+               oy, s.W2, bias, s.act, out + oy * s.W2)
 
 
 cdef void depthwise2d_f32(const Step* s, const float* x, float* y,
                           Py_ssize_t N, int n_threads) noexcept nogil:
+    cdef cnnrt_dwconv_row_fn row_fn = _dwconv_row
     cdef Py_ssize_t item
     for item in prange(N * s.K, schedule="static", num_threads=n_threads):
-        depthwise_plane(s, x, y, item)
+        depthwise_plane(s, x, y, item, row_fn)
 
 
 cdef void lc_row(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -678,9 +709,9 @@ cdef class Plan:
     def __dealloc__(self):
         free(self.steps)
 
-    def arena_size(self, Py_ssize_t n):
-        """Floats of arena needed for a batch of ``n``."""
-        return self.sample_size * n + self.scratch_size
+    def arena_size(self, Py_ssize_t n, int n_threads):
+        """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
+        return self.sample_size * n + self.scratch_size + n_threads * PACK_FLOATS
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
@@ -691,7 +722,7 @@ cdef class Plan:
             raise ValueError("input buffer has the wrong size")
         if out.shape[0] != n * self.out_size:
             raise ValueError("output buffer has the wrong size")
-        if arena.shape[0] < self.sample_size * n + self.scratch_size:
+        if arena.shape[0] < self.arena_size(n, n_threads):
             raise ValueError("arena is too small")
         cdef float* a = &arena[0]
         cdef const float* xp = &x[0]
@@ -741,3 +772,46 @@ cdef extern from "omp.h":
 
 cdef int _omp_max_threads() noexcept:
     return omp_get_max_threads()
+
+
+# ==========================================================================
+# Kernel variants
+# ==========================================================================
+
+_ISA_CODES = {"scalar": CNNRT_ISA_SCALAR, "avx2": CNNRT_ISA_AVX2, "avx512": CNNRT_ISA_AVX512}
+GEMM_MR = CNNRT_MR
+
+
+def isa_supported(str name):
+    """Whether this CPU can run the kernel variant ``name``."""
+    if name not in _ISA_CODES:
+        raise ValueError(f"unknown kernel variant {name!r}; expected one of {', '.join(_ISA_CODES)}")
+    return bool(cnnrt_isa_supported(_ISA_CODES[name]))
+
+
+def set_isa(str name):
+    """Select the micro-kernel variant used from now on (process-wide)."""
+    global _gemm, _dwconv_row
+    if not isa_supported(name):
+        raise ValueError(f"this CPU cannot run the {name} kernels")
+    _gemm = cnnrt_gemm_select(_ISA_CODES[name])
+    _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
+
+
+def get_isa():
+    """Name of the kernel variant in use: scalar, avx2 or avx512."""
+    for name, code in _ISA_CODES.items():
+        if code == _gemm.isa:
+            return name
+
+
+def best_isa():
+    """The fastest kernel variant this CPU supports."""
+    best = cnnrt_isa_best()
+    for name, code in _ISA_CODES.items():
+        if code == best:
+            return name
+
+
+def gemm_kernel_name():
+    return _gemm.name.decode()

@@ -1,0 +1,97 @@
+/*
+ * f32 depthwise convolution row kernels for cnnrt.
+ *
+ * One call computes one output row of one channel plane:
+ *
+ *   out[ox] = act(bias + sum over (ky, kx) of w[ky, kx] * in[iy, ix])
+ *   iy = oy*sh - pt + ky*dh,  ix = ox*sw - pl + kx*dw
+ *
+ * taps outside the input (zero padding) are skipped.  Terms are added in
+ * the same order (bias, then taps row by row) in every variant, so within a
+ * variant results do not depend on threading.  The body is written once and
+ * compiled three times with different target attributes; the compiler
+ * vectorises the loop over output columns for each ISA.
+ */
+#ifndef CNNRT_F32_DWCONV_H
+#define CNNRT_F32_DWCONV_H
+
+#include "f32_gemm.h"
+
+typedef void (*cnnrt_dwconv_row_fn)(const float *plane, ptrdiff_t H, ptrdiff_t W,
+                                    const float *wk, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2,
+                                    float bias, int act, float *out);
+
+#define CNNRT_DWCONV_ROW_BODY                                                    \
+    ptrdiff_t ox, ky, kx;                                                        \
+    for (ox = 0; ox < W2; ox++)                                                  \
+        out[ox] = bias;                                                          \
+    for (ky = 0; ky < kh; ky++) {                                                \
+        const ptrdiff_t iy = oy * sh - pt + ky * dh;                             \
+        const float *row;                                                        \
+        if (iy < 0 || iy >= H)                                                   \
+            continue;                                                            \
+        row = plane + iy * W;                                                    \
+        for (kx = 0; kx < kw; kx++) {                                            \
+            const float w = wk[ky * kw + kx];                                    \
+            const ptrdiff_t ix0 = kx * dw - pl;                                  \
+            /* columns whose tap lies inside the row: 0 <= ox*sw + ix0 < W */    \
+            ptrdiff_t lo = ix0 >= 0 ? 0 : (-ix0 + sw - 1) / sw;                  \
+            ptrdiff_t hi = W - 1 - ix0 < 0 ? 0 : (W - 1 - ix0) / sw + 1;         \
+            if (hi > W2)                                                         \
+                hi = W2;                                                         \
+            if (sw == 1) {                                                       \
+                const float *src = row + ix0;                                    \
+                for (ox = lo; ox < hi; ox++)                                     \
+                    out[ox] += w * src[ox];                                      \
+            } else if (sw == 2) {                                                \
+                const float *src = row + ix0;                                    \
+                for (ox = lo; ox < hi; ox++)                                     \
+                    out[ox] += w * src[2 * ox];                                  \
+            } else {                                                             \
+                for (ox = lo; ox < hi; ox++)                                     \
+                    out[ox] += w * row[ox * sw + ix0];                           \
+            }                                                                    \
+        }                                                                        \
+    }                                                                            \
+    if (act == CNNRT_ACT_RELU) {                                                 \
+        for (ox = 0; ox < W2; ox++)                                              \
+            out[ox] = out[ox] > 0.0f ? out[ox] : 0.0f;                           \
+    } else if (act == CNNRT_ACT_RELU6) {                                         \
+        for (ox = 0; ox < W2; ox++)                                              \
+            out[ox] = out[ox] < 0.0f ? 0.0f : (out[ox] > 6.0f ? 6.0f : out[ox]); \
+    } else if (act != CNNRT_ACT_NONE) {                                          \
+        for (ox = 0; ox < W2; ox++)                                              \
+            out[ox] = cnnrt_act_scalar(out[ox], act);                            \
+    }
+
+#define CNNRT_DWCONV_ROW_ARGS                                                    \
+    const float *plane, ptrdiff_t H, ptrdiff_t W, const float *wk, ptrdiff_t kh, \
+    ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,         \
+    ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, float bias, int act,  \
+    float *out
+
+static void f32_dwconv_row__scalar(CNNRT_DWCONV_ROW_ARGS) { CNNRT_DWCONV_ROW_BODY }
+
+#ifdef CNNRT_X86
+__attribute__((target("avx2,fma")))
+static void f32_dwconv_row__avx2(CNNRT_DWCONV_ROW_ARGS) { CNNRT_DWCONV_ROW_BODY }
+
+__attribute__((target("avx512f")))
+static void f32_dwconv_row__avx512(CNNRT_DWCONV_ROW_ARGS) { CNNRT_DWCONV_ROW_BODY }
+#endif
+
+static cnnrt_dwconv_row_fn cnnrt_dwconv_select(int isa)
+{
+#ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
+        return f32_dwconv_row__avx512;
+    if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2))
+        return f32_dwconv_row__avx2;
+#endif
+    (void)isa;
+    return f32_dwconv_row__scalar;
+}
+
+#endif /* CNNRT_F32_DWCONV_H */

@@ -1,0 +1,283 @@
+/*
+ * f32 GEMM micro-kernels for cnnrt.
+ *
+ * A micro-kernel computes one MR x NR tile of C = A * B over a block of kc
+ * steps, from packed operands:
+ *
+ *   A panel: kc x MR floats, step-major: a[k * MR + r] is row r, step k.
+ *            Rows past the matrix end are zero-padded at packing time.
+ *   B panel: kc x NR floats, step-major: b[k * NR + j] is column j, step k.
+ *            Columns past the matrix end are zero-padded at packing time.
+ *
+ * With `first` set the tile starts from zero, otherwise from the values
+ * already in C (a previous kc block).  With `last` set the per-row bias is
+ * added and the activation applied before the store.  Only the mr x nr
+ * valid corner of the tile is stored.
+ *
+ * Every element's terms are summed in the same order (k ascending, then the
+ * bias), so for a given micro-kernel results do not depend on how the work
+ * was split between threads.
+ *
+ * Variants are compiled with per-function target attributes, so the build
+ * needs no -march flag; cnnrt_gemm_select() picks one from the CPU's
+ * features at run time.
+ */
+#ifndef CNNRT_F32_GEMM_H
+#define CNNRT_F32_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+#include <math.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CNNRT_X86 1
+#endif
+
+#define CNNRT_MR 8
+#define CNNRT_NR_MAX 32
+
+enum { CNNRT_ACT_NONE = 0, CNNRT_ACT_RELU, CNNRT_ACT_RELU6, CNNRT_ACT_SIGMOID, CNNRT_ACT_TANH };
+enum { CNNRT_ISA_SCALAR = 0, CNNRT_ISA_AVX2 = 1, CNNRT_ISA_AVX512 = 2 };
+
+typedef void (*cnnrt_gemm_ukernel)(size_t kc, const float *a, const float *b,
+                                   float *c, size_t ldc, size_t mr, size_t nr,
+                                   const float *bias, int first, int last, int act);
+
+static inline float cnnrt_act_scalar(float v, int act)
+{
+    switch (act) {
+    case CNNRT_ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case CNNRT_ACT_RELU6: return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+    case CNNRT_ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
+    case CNNRT_ACT_TANH: return tanhf(v);
+    default: return v;
+    }
+}
+
+/* ---------------------------------------------------------------- scalar */
+
+static void f32_gemm_ukernel_8x8__scalar(size_t kc, const float *a, const float *b,
+                                         float *c, size_t ldc, size_t mr, size_t nr,
+                                         const float *bias, int first, int last, int act)
+{
+    float acc[CNNRT_MR][8];
+    size_t r, j, k;
+    for (r = 0; r < CNNRT_MR; r++)
+        for (j = 0; j < 8; j++)
+            acc[r][j] = (!first && r < mr && j < nr) ? c[r * ldc + j] : 0.0f;
+    for (k = 0; k < kc; k++) {
+        const float *ak = a + k * CNNRT_MR;
+        const float *bk = b + k * 8;
+        for (r = 0; r < CNNRT_MR; r++) {
+            const float av = ak[r];
+            for (j = 0; j < 8; j++)
+                acc[r][j] += av * bk[j];
+        }
+    }
+    for (r = 0; r < mr; r++) {
+        float bv = (last && bias) ? bias[r] : 0.0f;
+        for (j = 0; j < nr; j++) {
+            float v = acc[r][j];
+            if (last) {
+                v += bv;
+                v = cnnrt_act_scalar(v, act);
+            }
+            c[r * ldc + j] = v;
+        }
+    }
+}
+
+#ifdef CNNRT_X86
+
+/* ------------------------------------------------------------------ AVX2 */
+
+__attribute__((target("avx2,fma")))
+static inline __m256 cnnrt_act_avx2(__m256 v, int act)
+{
+    if (act == CNNRT_ACT_RELU)
+        return _mm256_max_ps(v, _mm256_setzero_ps());
+    if (act == CNNRT_ACT_RELU6)
+        return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+    return v;
+}
+
+__attribute__((target("avx2,fma")))
+static void f32_gemm_ukernel_8x8__avx2(size_t kc, const float *a, const float *b,
+                                       float *c, size_t ldc, size_t mr, size_t nr,
+                                       const float *bias, int first, int last, int act)
+{
+    __m256 acc[CNNRT_MR];
+    float tmp[8];
+    size_t r, k, j;
+    for (r = 0; r < CNNRT_MR; r++) {
+        if (!first && r < mr) {
+            if (nr == 8) {
+                acc[r] = _mm256_loadu_ps(c + r * ldc);
+            } else {
+                for (j = 0; j < 8; j++) tmp[j] = j < nr ? c[r * ldc + j] : 0.0f;
+                acc[r] = _mm256_loadu_ps(tmp);
+            }
+        } else {
+            acc[r] = _mm256_setzero_ps();
+        }
+    }
+    for (k = 0; k < kc; k++) {
+        const __m256 bv = _mm256_loadu_ps(b + k * 8);
+        const float *ak = a + k * CNNRT_MR;
+        acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 0), bv, acc[0]);
+        acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 1), bv, acc[1]);
+        acc[2] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 2), bv, acc[2]);
+        acc[3] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 3), bv, acc[3]);
+        acc[4] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 4), bv, acc[4]);
+        acc[5] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 5), bv, acc[5]);
+        acc[6] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 6), bv, acc[6]);
+        acc[7] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 7), bv, acc[7]);
+    }
+    for (r = 0; r < mr; r++) {
+        __m256 v = acc[r];
+        if (last) {
+            if (bias)
+                v = _mm256_add_ps(v, _mm256_set1_ps(bias[r]));
+            v = cnnrt_act_avx2(v, act);
+        }
+        if (nr == 8) {
+            _mm256_storeu_ps(c + r * ldc, v);
+        } else {
+            _mm256_storeu_ps(tmp, v);
+            for (j = 0; j < nr; j++) c[r * ldc + j] = tmp[j];
+        }
+        if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH))
+            for (j = 0; j < nr; j++) c[r * ldc + j] = cnnrt_act_scalar(c[r * ldc + j], act);
+    }
+}
+
+/* ---------------------------------------------------------------- AVX-512 */
+
+__attribute__((target("avx512f")))
+static inline __m512 cnnrt_act_avx512(__m512 v, int act)
+{
+    if (act == CNNRT_ACT_RELU)
+        return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == CNNRT_ACT_RELU6)
+        return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0f));
+    return v;
+}
+
+__attribute__((target("avx512f")))
+static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float *b,
+                                          float *c, size_t ldc, size_t mr, size_t nr,
+                                          const float *bias, int first, int last, int act)
+{
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
+    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF
+                         : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+    size_t k, r;
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
+    c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
+    if (!first) {
+#define CNNRT_LOAD(R, X0, X1)                                                   \
+        if (R < mr) {                                                           \
+            X0 = _mm512_maskz_loadu_ps(m0, c + R * ldc);                        \
+            X1 = _mm512_maskz_loadu_ps(m1, c + R * ldc + 16);                   \
+        }
+        CNNRT_LOAD(0, c00, c01) CNNRT_LOAD(1, c10, c11) CNNRT_LOAD(2, c20, c21)
+        CNNRT_LOAD(3, c30, c31) CNNRT_LOAD(4, c40, c41) CNNRT_LOAD(5, c50, c51)
+        CNNRT_LOAD(6, c60, c61) CNNRT_LOAD(7, c70, c71)
+#undef CNNRT_LOAD
+    }
+    for (k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = _mm512_loadu_ps(b + 16);
+        __m512 av;
+        av = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);
+        av = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);
+        av = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);
+        av = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);
+        av = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);
+        av = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);
+        av = _mm512_set1_ps(a[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);
+        av = _mm512_set1_ps(a[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);
+        a += CNNRT_MR;
+        b += 32;
+    }
+    {
+        __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
+                           c40, c41, c50, c51, c60, c61, c70, c71};
+        for (r = 0; r < mr; r++) {
+            __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
+            if (last) {
+                if (bias) {
+                    const __m512 bv = _mm512_set1_ps(bias[r]);
+                    v0 = _mm512_add_ps(v0, bv);
+                    v1 = _mm512_add_ps(v1, bv);
+                }
+                v0 = cnnrt_act_avx512(v0, act);
+                v1 = cnnrt_act_avx512(v1, act);
+            }
+            _mm512_mask_storeu_ps(c + r * ldc, m0, v0);
+            _mm512_mask_storeu_ps(c + r * ldc + 16, m1, v1);
+            if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)) {
+                size_t j;
+                for (j = 0; j < nr; j++) c[r * ldc + j] = cnnrt_act_scalar(c[r * ldc + j], act);
+            }
+        }
+    }
+}
+
+#endif /* CNNRT_X86 */
+
+/* ------------------------------------------------------------- dispatch */
+
+typedef struct {
+    int isa;
+    size_t nr;
+    cnnrt_gemm_ukernel ukernel;
+    const char *name;
+} cnnrt_gemm_config;
+
+static int cnnrt_isa_supported(int isa)
+{
+    if (isa == CNNRT_ISA_SCALAR)
+        return 1;
+#ifdef CNNRT_X86
+    __builtin_cpu_init();
+    if (isa == CNNRT_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == CNNRT_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+static int cnnrt_isa_best(void)
+{
+    if (cnnrt_isa_supported(CNNRT_ISA_AVX512)) return CNNRT_ISA_AVX512;
+    if (cnnrt_isa_supported(CNNRT_ISA_AVX2)) return CNNRT_ISA_AVX2;
+    return CNNRT_ISA_SCALAR;
+}
+
+static cnnrt_gemm_config cnnrt_gemm_select(int isa)
+{
+    cnnrt_gemm_config cfg;
+    cfg.isa = CNNRT_ISA_SCALAR;
+    cfg.nr = 8;
+    cfg.ukernel = f32_gemm_ukernel_8x8__scalar;
+    cfg.name = "f32_gemm_ukernel_8x8__scalar";
+#ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
+        cfg.isa = CNNRT_ISA_AVX512;
+        cfg.nr = 32;
+        cfg.ukernel = f32_gemm_ukernel_8x32__avx512;
+        cfg.name = "f32_gemm_ukernel_8x32__avx512";
+    } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
+        cfg.isa = CNNRT_ISA_AVX2;
+        cfg.nr = 8;
+        cfg.ukernel = f32_gemm_ukernel_8x8__avx2;
+        cfg.name = "f32_gemm_ukernel_8x8__avx2";
+    }
+#endif
+    return cfg;
+}
+
+#endif /* CNNRT_F32_GEMM_H */
