@@ -302,94 +302,67 @@ cdef void locally_connected2d_f32(const Step* s, const float* x, float* y,
 # Dense
 # ==========================================================================
 
-cdef inline float dot_f32(const float* a, const float* b, Py_ssize_t n) noexcept nogil:
-    """Dot product in eight interleaved partial sums, combined in a fixed order."""
-    cdef float acc[8]
-    cdef Py_ssize_t i, j
-    cdef Py_ssize_t n8 = n - n % 8
-    for j in range(8):
-        acc[j] = 0.0
-    i = 0
-    while i < n8:
-        for j in range(8):
-            acc[j] += a[i + j] * b[i + j]
-        i += 8
-    for i in range(n8, n):
-        acc[i - n8] += a[i] * b[i]
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+cdef extern from "f32_rows.h":
+    ctypedef float (*cnnrt_dot_fn)(const float* a, const float* b, Py_ssize_t n) noexcept nogil
+    ctypedef void (*cnnrt_pool_row_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
+                                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                       Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                       Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t oy,
+                                       Py_ssize_t W2, int kind, int include_pad,
+                                       float* out) noexcept nogil
+    ctypedef struct cnnrt_rows_config:
+        cnnrt_dot_fn dot
+        cnnrt_pool_row_fn pool_row
+    int CNNRT_POOL_MAX
+    int CNNRT_POOL_AVG
+    int CNNRT_POOL_L2
+    cnnrt_rows_config cnnrt_rows_select(int isa) noexcept nogil
+
+cdef cnnrt_rows_config _rows = cnnrt_rows_select(cnnrt_isa_best())
 
 
-cdef void dense_out(const Step* s, const float* x, float* y, Py_ssize_t N, Py_ssize_t o) noexcept nogil:
+cdef void dense_out(const Step* s, const float* x, float* y, Py_ssize_t N, Py_ssize_t o,
+                    cnnrt_dot_fn dot) noexcept nogil:
     cdef const float* wo = s.w + o * s.in_size
     cdef float bias = s.b[o] if s.b != NULL else 0.0
     cdef Py_ssize_t n
     for n in range(N):
-        y[n * s.out_size + o] = activate(bias + dot_f32(wo, x + n * s.in_size, s.in_size), s.act)
+        y[n * s.out_size + o] = activate(dot(wo, x + n * s.in_size, s.in_size) + bias, s.act)
 
 
 cdef void dense_f32(const Step* s, const float* x, float* y,
                     Py_ssize_t N, int n_threads) noexcept nogil:
+    cdef cnnrt_dot_fn dot = _rows.dot
     cdef Py_ssize_t o
     for o in prange(s.out_size, schedule="static", num_threads=n_threads):
-        dense_out(s, x, y, N, o)
+        dense_out(s, x, y, N, o, dot)
 
 
 # ==========================================================================
 # Pooling
 # ==========================================================================
 
-cdef void pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
+cdef void pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
+                     cnnrt_pool_row_fn row_fn) noexcept nogil:
     cdef const float* plane = x + item * s.H * s.W
     cdef float* out = y + item * s.H2 * s.W2
-    cdef Py_ssize_t oy, ox, iy, ix, y0, y1, x0, x1, cnt
-    cdef float acc, v
+    cdef int kind = CNNRT_POOL_MAX
+    cdef Py_ssize_t oy
+    if s.op == OP_AVGPOOL2D:
+        kind = CNNRT_POOL_AVG
+    elif s.op == OP_L2POOL2D:
+        kind = CNNRT_POOL_L2
     for oy in range(s.H2):
-        y0 = oy * s.sh - s.pt
-        y1 = y0 + s.kh
-        # cells inside the padded extent count for count_include_pad
-        cnt = (min(y1, s.H + s.pb) - y0)
-        if y0 < 0:
-            y0 = 0
-        if y1 > s.H:
-            y1 = s.H
-        for ox in range(s.W2):
-            x0 = ox * s.sw - s.pl
-            x1 = x0 + s.kw
-            if s.op == OP_AVGPOOL2D and s.flag:
-                acc = <float>(cnt * (min(x1, s.W + s.pr) - x0))
-            if x0 < 0:
-                x0 = 0
-            if x1 > s.W:
-                x1 = s.W
-            if s.op == OP_MAXPOOL2D:
-                acc = -INFINITY
-                for iy in range(y0, y1):
-                    for ix in range(x0, x1):
-                        v = plane[iy * s.W + ix]
-                        if v > acc or v != v:
-                            acc = v
-                out[oy * s.W2 + ox] = acc
-            elif s.op == OP_AVGPOOL2D:
-                v = acc if s.flag else <float>((y1 - y0) * (x1 - x0))
-                acc = 0.0
-                for iy in range(y0, y1):
-                    for ix in range(x0, x1):
-                        acc = acc + plane[iy * s.W + ix]
-                out[oy * s.W2 + ox] = acc / v
-            else:
-                acc = 0.0
-                for iy in range(y0, y1):
-                    for ix in range(x0, x1):
-                        v = plane[iy * s.W + ix]
-                        acc = acc + v * v
-                out[oy * s.W2 + ox] = sqrtf(acc)
+        row_fn(plane, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr,
+               oy, s.W2, kind, s.flag, out + oy * s.W2)
 
 
 cdef void pool2d_f32(const Step* s, const float* x, float* y,
                      Py_ssize_t N, int n_threads) noexcept nogil:
+    cdef cnnrt_pool_row_fn row_fn = _rows.pool_row
     cdef Py_ssize_t item
     for item in prange(N * s.C, schedule="static", num_threads=n_threads):
-        pool_plane(s, x, y, item)
+        pool_plane(s, x, y, item, row_fn)
 
 
 cdef void global_pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -791,11 +764,12 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row
+    global _gemm, _dwconv_row, _rows
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
+    _rows = cnnrt_rows_select(_ISA_CODES[name])
 
 
 def get_isa():
