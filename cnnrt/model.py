@@ -197,6 +197,7 @@ class Model:
         storage[inp].offset = in_off = arena.alloc(storage[inp].size)
 
         steps = []
+        self._step_nodes = []  # for each step, the names of the nodes it runs
         scratch = 0
         for i, node in enumerate(g.nodes):
             out = node.outputs[0]
@@ -214,6 +215,7 @@ class Model:
                 step, need = self._step(node, [storage[t].offset for t in node.inputs],
                                         storage[out].offset)
                 steps.append(step)
+                self._step_nodes.append([node.name])
                 scratch = max(scratch, need)
             # release storages whose last reader was this node
             seen = set()
@@ -360,6 +362,35 @@ class Model:
         finally:
             self._give_arena(arena)
         return out
+
+    def profile(self, x, repeats: int = 10, threads: Optional[int] = None):
+        """Time every node on batch ``x``; returns a list of dicts, slowest first.
+
+        Each row has ``name`` (the file's node names; nodes fused into one
+        kernel are joined with ``+``), ``op``, ``ms`` (mean wall time per call)
+        and ``share`` of the total.
+        """
+        if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        nt = self._threads if threads is None else _check_threads(threads)
+        x = self._prepare(x)
+        n = x.shape[0]
+        out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
+        seconds = np.zeros(len(self._step_nodes), dtype=np.float64)
+        arena = self._take_arena(self._plan.arena_size(n, nt))
+        try:
+            self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)  # warm-up
+            for _ in range(int(repeats)):
+                self._plan.run_timed(x.reshape(-1), arena, out.reshape(-1), n, nt, seconds)
+        finally:
+            self._give_arena(arena)
+        ops = {node.name: node.op for node in self.graph.nodes}
+        total = float(seconds.sum()) or 1.0
+        rows = [{"name": "+".join(names), "op": "+".join(ops[nm] for nm in names),
+                 "ms": 1e3 * sec / repeats, "share": sec / total}
+                for names, sec in zip(self._step_nodes, seconds)]
+        rows.sort(key=lambda r: -r["ms"])
+        return rows
 
     def predict_image(self, image) -> np.ndarray:
         """Scores for one image: a path, bytes, a file object or a PIL image.

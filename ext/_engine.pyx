@@ -526,35 +526,50 @@ cdef void concat_f32(const Step* s, float* arena, float* y,
 cdef void run_steps(const Step* steps, Py_ssize_t n_steps, float* arena,
                     float* scratch, Py_ssize_t N, int n_threads) noexcept nogil:
     cdef Py_ssize_t i
-    cdef const Step* s
+    for i in range(n_steps):
+        run_step(&steps[i], arena, scratch, N, n_threads)
+
+
+cdef void run_steps_timed(const Step* steps, Py_ssize_t n_steps, float* arena,
+                          float* scratch, Py_ssize_t N, int n_threads,
+                          double* seconds) noexcept nogil:
+    """As run_steps, adding each step's wall time to seconds[i]."""
+    cdef Py_ssize_t i
+    cdef double t0
+    for i in range(n_steps):
+        t0 = omp_get_wtime()
+        run_step(&steps[i], arena, scratch, N, n_threads)
+        seconds[i] += omp_get_wtime() - t0
+
+
+cdef inline void run_step(const Step* s, float* arena, float* scratch, Py_ssize_t N,
+                          int n_threads) noexcept nogil:
     cdef const float* x
     cdef float* y
-    for i in range(n_steps):
-        s = &steps[i]
-        x = arena + s.in_off[0] * N
-        y = arena + s.out_off * N
-        if s.op == OP_CONV2D:
-            conv2d_f32(s, x, y, scratch, N, n_threads)
-        elif s.op == OP_DEPTHWISE2D:
-            depthwise2d_f32(s, x, y, N, n_threads)
-        elif s.op == OP_LOCALLY_CONNECTED2D:
-            locally_connected2d_f32(s, x, y, N, n_threads)
-        elif s.op == OP_DENSE:
-            dense_f32(s, x, y, N, n_threads)
-        elif s.op == OP_MAXPOOL2D or s.op == OP_AVGPOOL2D or s.op == OP_L2POOL2D:
-            pool2d_f32(s, x, y, N, n_threads)
-        elif s.op == OP_GLOBALAVGPOOL or s.op == OP_GLOBALMAXPOOL:
-            global_pool_f32(s, x, y, N, n_threads)
-        elif s.op == OP_BATCHNORM:
-            batchnorm_f32(s, x, y, N, n_threads)
-        elif s.op == OP_SOFTMAX:
-            softmax_f32(s, x, y, N, n_threads)
-        elif s.op == OP_ADD:
-            add_f32(s, arena, y, N, n_threads)
-        elif s.op == OP_CONCAT:
-            concat_f32(s, arena, y, N, n_threads)
-        else:
-            unary_f32(s, x, y, N, n_threads)
+    x = arena + s.in_off[0] * N
+    y = arena + s.out_off * N
+    if s.op == OP_CONV2D:
+        conv2d_f32(s, x, y, scratch, N, n_threads)
+    elif s.op == OP_DEPTHWISE2D:
+        depthwise2d_f32(s, x, y, N, n_threads)
+    elif s.op == OP_LOCALLY_CONNECTED2D:
+        locally_connected2d_f32(s, x, y, N, n_threads)
+    elif s.op == OP_DENSE:
+        dense_f32(s, x, y, N, n_threads)
+    elif s.op == OP_MAXPOOL2D or s.op == OP_AVGPOOL2D or s.op == OP_L2POOL2D:
+        pool2d_f32(s, x, y, N, n_threads)
+    elif s.op == OP_GLOBALAVGPOOL or s.op == OP_GLOBALMAXPOOL:
+        global_pool_f32(s, x, y, N, n_threads)
+    elif s.op == OP_BATCHNORM:
+        batchnorm_f32(s, x, y, N, n_threads)
+    elif s.op == OP_SOFTMAX:
+        softmax_f32(s, x, y, N, n_threads)
+    elif s.op == OP_ADD:
+        add_f32(s, arena, y, N, n_threads)
+    elif s.op == OP_CONCAT:
+        concat_f32(s, arena, y, N, n_threads)
+    else:
+        unary_f32(s, x, y, N, n_threads)
 
 
 cdef void nhwc_to_nchw(const float* src, float* dst, Py_ssize_t N, Py_ssize_t C,
@@ -708,6 +723,30 @@ cdef class Plan:
             run_steps(self.steps, self.n_steps, a, a + self.sample_size * n, n, n_threads)
             memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
 
+    def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,
+                  Py_ssize_t n, int n_threads, double[::1] seconds):
+        """As :meth:`run`, adding each step's wall time (seconds) to ``seconds``."""
+        if seconds.shape[0] != self.n_steps:
+            raise ValueError("seconds must have one entry per step")
+        if n <= 0 or n_threads <= 0:
+            raise ValueError("batch size and thread count must be positive")
+        if x.shape[0] != n * self.C * self.H * self.W or out.shape[0] != n * self.out_size:
+            raise ValueError("input or output buffer has the wrong size")
+        if arena.shape[0] < self.arena_size(n, n_threads):
+            raise ValueError("arena is too small")
+        cdef float* a = &arena[0]
+        cdef const float* xp = &x[0]
+        cdef float* op = &out[0]
+        cdef double* sec = &seconds[0]
+        with nogil:
+            if self.nhwc:
+                nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
+            else:
+                memcpy(a + self.in_off * n, xp, n * self.C * self.H * self.W * sizeof(float))
+            run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n, n,
+                            n_threads, sec)
+            memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+
 
 cdef void _set_int(Step* s, str name, Py_ssize_t v):
     if name == "in_size": s.in_size = v
@@ -741,6 +780,7 @@ def openmp_max_threads():
 
 cdef extern from "omp.h":
     int omp_get_max_threads() nogil
+    double omp_get_wtime() nogil
 
 
 cdef int _omp_max_threads() noexcept:
