@@ -21,6 +21,10 @@ from .ops import OPS, softmax_axis
 
 ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
 
+# Winograd F(4x4, 3x3) for eligible convolutions; CNNRT_WINOGRAD=0 turns it
+# off (for comparisons, and for tests of the direct kernels).
+USE_WINOGRAD = os.environ.get("CNNRT_WINOGRAD", "1").strip() not in ("0", "false", "no", "off")
+
 if os.environ.get("CNNRT_ISA"):
     _engine.set_isa(os.environ["CNNRT_ISA"].strip().lower())
 
@@ -58,6 +62,42 @@ def pack_conv_weights(weight: np.ndarray, groups: int) -> np.ndarray:
     padded = np.zeros((groups, panels * mr, Q), dtype=np.float32)
     padded[:, :Kg] = weight.reshape(groups, Kg, Q)
     return np.ascontiguousarray(padded.reshape(groups, panels, mr, Q).transpose(0, 1, 3, 2))
+
+
+# Winograd F(4x4, 3x3) weight transform G (6x3), points 0, +-1, +-2.
+_WINO_G = np.array([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+], dtype=np.float64)
+
+
+def winograd_eligible(attrs, C, K, H2, W2) -> bool:
+    """Whether a conv2d runs as Winograd F(4x4, 3x3)."""
+    return (USE_WINOGRAD and tuple(attrs["kernel"]) == (3, 3)
+            and tuple(attrs["stride"]) == (1, 1) and tuple(attrs["dilation"]) == (1, 1)
+            and attrs["groups"] == 1 and C >= 16 and K >= 16 and H2 >= 4 and W2 >= 4)
+
+
+def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
+    """Transform 3x3 weights [K, C, 3, 3] to U = G g G^T, packed as GEMM B panels.
+
+    Layout [36, ceil(K/NR), C, NR]: for each of the 36 tile positions, the
+    output channels in panels of NR (the last one zero-padded), step-major
+    over the input channels.  Computed in double precision.
+    """
+    K, C = weight.shape[:2]
+    nr = _engine.GEMM_NR
+    u = np.einsum("ia,kcab,jb->ijck", _WINO_G, weight.astype(np.float64), _WINO_G)
+    u = u.reshape(36, C, K)
+    n_kb = -(-K // nr)
+    padded = np.zeros((36, C, n_kb * nr), dtype=np.float64)
+    padded[:, :, :K] = u
+    packed = padded.reshape(36, C, n_kb, nr).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed, dtype=np.float32)
 
 
 def get_num_threads() -> int:
@@ -268,6 +308,13 @@ class Model:
             g = a["groups"]
             if C == g:
                 d["op"] = "depthwise2d"
+            elif winograd_eligible(a, C, K, H2, W2):
+                d["op"] = "winograd3x3"
+                d["w"] = pack_winograd_weights(w["weight"])
+                th, tw = -(-H2 // 4), -(-W2 // 4)
+                d["th"], d["tw"] = th, tw
+                # per sample: padded input, V and M (tiles rounded up per batch)
+                need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
             else:
                 d["w"] = pack_conv_weights(w["weight"], g)
         elif node.op == "locally_connected2d":

@@ -78,6 +78,7 @@ cdef extern from "f32_gemm.h":
         cnnrt_gemm_ukernel ukernel
         const char* name
     int CNNRT_MR
+    int CNNRT_NR
     int CNNRT_NR_MAX
     int CNNRT_ISA_SCALAR
     int CNNRT_ISA_AVX2
@@ -227,6 +228,144 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
         conv_task(s, x, y, scratch + threadid() * PACK_FLOATS, ukernel, NRr,
                   t, n_cb, n_kchunks, per_chunk)
+
+
+# ==========================================================================
+# Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (ext/f32_winograd.h)
+# ==========================================================================
+
+cdef extern from "f32_winograd.h":
+    ctypedef void (*cnnrt_wino_input_fn)(const float* xp, Py_ssize_t plane, Py_ssize_t Wp,
+                                         const Py_ssize_t* base, Py_ssize_t nvalid,
+                                         Py_ssize_t c0, Py_ssize_t c1, float* v,
+                                         Py_ssize_t xi_stride) noexcept nogil
+    ctypedef void (*cnnrt_wino_output_fn)(const float* m, Py_ssize_t xi_stride,
+                                          Py_ssize_t k0, Py_ssize_t k1, const float* bias,
+                                          int act, float* y, Py_ssize_t P, Py_ssize_t W2,
+                                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
+    ctypedef struct cnnrt_wino_config:
+        cnnrt_wino_input_fn input
+        cnnrt_wino_output_fn output
+    cnnrt_wino_config cnnrt_wino_select(int isa) noexcept nogil
+
+cdef cnnrt_wino_config _wino = cnnrt_wino_select(cnnrt_isa_best())
+
+# Channels per input-transform task, output channels per output-transform task.
+DEF WINO_CIN = 32
+DEF WINO_KOUT = 64
+
+
+cdef void wino_pad_plane(const Step* s, const float* x, float* xp, Py_ssize_t item) noexcept nogil:
+    """Copy one channel plane into its zero-bordered tile grid."""
+    cdef Py_ssize_t Hp = 4 * s.th + 2
+    cdef Py_ssize_t Wp = 4 * s.tw + 2
+    cdef float* dst = xp + item * Hp * Wp
+    cdef const float* src = x + item * s.H * s.W
+    cdef Py_ssize_t iy
+    memset(dst, 0, Hp * Wp * sizeof(float))
+    for iy in range(s.H):
+        memcpy(dst + (s.pt + iy) * Wp + s.pl, src + iy * s.W, s.W * sizeof(float))
+
+
+cdef void wino_input_task(const Step* s, const float* xp, float* v, Py_ssize_t NT,
+                          Py_ssize_t Tpad, Py_ssize_t task, Py_ssize_t n_cchunks,
+                          cnnrt_wino_input_fn fn) noexcept nogil:
+    cdef Py_ssize_t panel = task // n_cchunks
+    cdef Py_ssize_t c0 = (task % n_cchunks) * WINO_CIN
+    cdef Py_ssize_t c1 = c0 + WINO_CIN
+    cdef Py_ssize_t T = s.th * s.tw
+    cdef Py_ssize_t Wp = 4 * s.tw + 2
+    cdef Py_ssize_t plane = (4 * s.th + 2) * Wp
+    cdef Py_ssize_t base[8]
+    cdef Py_ssize_t r, t, n, tt, nvalid = 0
+    if c1 > s.C:
+        c1 = s.C
+    for r in range(8):
+        t = panel * 8 + r
+        base[r] = 0
+        if t < NT:
+            n = t // T
+            tt = t % T
+            base[r] = n * s.C * plane + 4 * (tt // s.tw) * Wp + 4 * (tt % s.tw)
+            nvalid = r + 1
+    fn(xp, plane, Wp, base, nvalid, c0, c1, v + panel * s.C * 8, Tpad * s.C)
+
+
+cdef void wino_gemm_task(const Step* s, const float* v, float* m, Py_ssize_t NT,
+                         Py_ssize_t Tpad, Py_ssize_t task, Py_ssize_t n_panels,
+                         Py_ssize_t n_kb, cnnrt_gemm_ukernel ukernel) noexcept nogil:
+    cdef Py_ssize_t kb = task % n_kb
+    cdef Py_ssize_t rest = task // n_kb
+    cdef Py_ssize_t panel = rest % n_panels
+    cdef Py_ssize_t xi = rest // n_panels
+    cdef const float* a = v + xi * Tpad * s.C + panel * s.C * 8
+    cdef const float* b = s.w + (xi * n_kb + kb) * s.C * CNNRT_NR
+    cdef float* c = m + xi * Tpad * s.K + panel * 8 * s.K + kb * CNNRT_NR
+    cdef Py_ssize_t mr = NT - panel * 8
+    cdef Py_ssize_t nr = s.K - kb * CNNRT_NR
+    cdef Py_ssize_t q0 = 0, kc
+    if mr > 8:
+        mr = 8
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    while q0 < s.C:
+        kc = s.C - q0
+        if kc > KC:
+            kc = KC
+        ukernel(kc, a + q0 * 8, b + q0 * CNNRT_NR, c, s.K, mr, nr, NULL,
+                q0 == 0, q0 + kc >= s.C, ACT_NONE)
+        q0 += kc
+
+
+cdef void wino_output_task(const Step* s, const float* m, float* y, Py_ssize_t Tpad,
+                           Py_ssize_t task, Py_ssize_t n_kchunks,
+                           cnnrt_wino_output_fn fn) noexcept nogil:
+    cdef Py_ssize_t t = task // n_kchunks
+    cdef Py_ssize_t k0 = (task % n_kchunks) * WINO_KOUT
+    cdef Py_ssize_t k1 = k0 + WINO_KOUT
+    cdef Py_ssize_t T = s.th * s.tw
+    cdef Py_ssize_t n = t // T
+    cdef Py_ssize_t tt = t % T
+    cdef Py_ssize_t oy = 4 * (tt // s.tw)
+    cdef Py_ssize_t ox = 4 * (tt % s.tw)
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t rows = s.H2 - oy
+    cdef Py_ssize_t cols = s.W2 - ox
+    if k1 > s.K:
+        k1 = s.K
+    if rows > 4:
+        rows = 4
+    if cols > 4:
+        cols = 4
+    fn(m + t * s.K, Tpad * s.K, k0, k1, s.b, s.act,
+       y + n * s.K * P + oy * s.W2 + ox, P, s.W2, rows, cols)
+
+
+cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
+                       Py_ssize_t N, int n_threads) noexcept nogil:
+    """3x3 stride-1 convolution by Winograd F(4x4, 3x3); ``work`` is per-batch scratch."""
+    cdef cnnrt_wino_config wino = _wino
+    cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel
+    cdef Py_ssize_t T = s.th * s.tw
+    cdef Py_ssize_t NT = N * T
+    cdef Py_ssize_t Tpad = (NT + 7) // 8 * 8
+    cdef Py_ssize_t n_panels = Tpad // 8
+    cdef Py_ssize_t plane = (4 * s.th + 2) * (4 * s.tw + 2)
+    cdef Py_ssize_t n_cchunks = (s.C + WINO_CIN - 1) // WINO_CIN
+    cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t n_kchunks = (s.K + WINO_KOUT - 1) // WINO_KOUT
+    cdef float* xp = work
+    cdef float* v = xp + N * s.C * plane
+    cdef float* m = v + 36 * Tpad * s.C
+    cdef Py_ssize_t t
+    for t in prange(N * s.C, schedule="static", num_threads=n_threads):
+        wino_pad_plane(s, x, xp, t)
+    for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):
+        wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input)
+    for t in prange(36 * n_panels * n_kb, schedule="static", num_threads=n_threads):
+        wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel)
+    for t in prange(NT * n_kchunks, schedule="static", num_threads=n_threads):
+        wino_output_task(s, m, y, Tpad, t, n_kchunks, wino.output)
 
 
 cdef extern from "f32_dwconv.h":
@@ -524,32 +663,34 @@ cdef void concat_f32(const Step* s, float* arena, float* y,
 # ==========================================================================
 
 cdef void run_steps(const Step* steps, Py_ssize_t n_steps, float* arena,
-                    float* scratch, Py_ssize_t N, int n_threads) noexcept nogil:
+                    float* work, float* pack, Py_ssize_t N, int n_threads) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n_steps):
-        run_step(&steps[i], arena, scratch, N, n_threads)
+        run_step(&steps[i], arena, work, pack, N, n_threads)
 
 
 cdef void run_steps_timed(const Step* steps, Py_ssize_t n_steps, float* arena,
-                          float* scratch, Py_ssize_t N, int n_threads,
+                          float* work, float* pack, Py_ssize_t N, int n_threads,
                           double* seconds) noexcept nogil:
     """As run_steps, adding each step's wall time to seconds[i]."""
     cdef Py_ssize_t i
     cdef double t0
     for i in range(n_steps):
         t0 = omp_get_wtime()
-        run_step(&steps[i], arena, scratch, N, n_threads)
+        run_step(&steps[i], arena, work, pack, N, n_threads)
         seconds[i] += omp_get_wtime() - t0
 
 
-cdef inline void run_step(const Step* s, float* arena, float* scratch, Py_ssize_t N,
-                          int n_threads) noexcept nogil:
+cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
+                          Py_ssize_t N, int n_threads) noexcept nogil:
     cdef const float* x
     cdef float* y
     x = arena + s.in_off[0] * N
     y = arena + s.out_off * N
     if s.op == OP_CONV2D:
-        conv2d_f32(s, x, y, scratch, N, n_threads)
+        conv2d_f32(s, x, y, pack, N, n_threads)
+    elif s.op == OP_WINOGRAD3X3:
+        winograd_f32(s, x, y, work, N, n_threads)
     elif s.op == OP_DEPTHWISE2D:
         depthwise2d_f32(s, x, y, N, n_threads)
     elif s.op == OP_LOCALLY_CONNECTED2D:
@@ -609,6 +750,7 @@ _OPCODES = {
     "softmax": OP_SOFTMAX,
     "add": OP_ADD,
     "concat": OP_CONCAT,
+    "winograd3x3": OP_WINOGRAD3X3,
 }
 KERNELS = tuple(_OPCODES)
 
@@ -617,7 +759,7 @@ _ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6,
 
 _INT_FIELDS = ("in_size", "out_size", "C", "H", "W", "K", "H2", "W2", "kh", "kw",
                "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "groups",
-               "outer", "axis", "inner")
+               "outer", "axis", "inner", "th", "tw")
 
 
 cdef const float* _float_ptr(object arr, list keep) except? NULL:
@@ -643,7 +785,7 @@ cdef class Plan:
     cdef Py_ssize_t n_steps
     cdef list keep
     cdef readonly Py_ssize_t sample_size   # arena floats per sample
-    cdef readonly Py_ssize_t scratch_size  # arena floats shared by the batch
+    cdef readonly Py_ssize_t scratch_size  # arena floats of work space per sample
     cdef Py_ssize_t in_off, out_off, out_size
     cdef Py_ssize_t C, H, W
     cdef bint nhwc
@@ -699,7 +841,7 @@ cdef class Plan:
 
     def arena_size(self, Py_ssize_t n, int n_threads):
         """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
-        return self.sample_size * n + self.scratch_size + n_threads * PACK_FLOATS
+        return (self.sample_size + self.scratch_size) * n + n_threads * PACK_FLOATS
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
@@ -720,7 +862,8 @@ cdef class Plan:
                 nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
             else:
                 memcpy(a + self.in_off * n, xp, n * self.C * self.H * self.W * sizeof(float))
-            run_steps(self.steps, self.n_steps, a, a + self.sample_size * n, n, n_threads)
+            run_steps(self.steps, self.n_steps, a, a + self.sample_size * n,
+                      a + (self.sample_size + self.scratch_size) * n, n, n_threads)
             memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
 
     def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,
@@ -743,8 +886,8 @@ cdef class Plan:
                 nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
             else:
                 memcpy(a + self.in_off * n, xp, n * self.C * self.H * self.W * sizeof(float))
-            run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n, n,
-                            n_threads, sec)
+            run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n,
+                            a + (self.sample_size + self.scratch_size) * n, n, n_threads, sec)
             memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
 
 
@@ -771,6 +914,8 @@ cdef void _set_int(Step* s, str name, Py_ssize_t v):
     elif name == "outer": s.outer = v
     elif name == "axis": s.axis = v
     elif name == "inner": s.inner = v
+    elif name == "th": s.th = v
+    elif name == "tw": s.tw = v
 
 
 def openmp_max_threads():
@@ -793,6 +938,7 @@ cdef int _omp_max_threads() noexcept:
 
 _ISA_CODES = {"scalar": CNNRT_ISA_SCALAR, "avx2": CNNRT_ISA_AVX2, "avx512": CNNRT_ISA_AVX512}
 GEMM_MR = CNNRT_MR
+GEMM_NR = CNNRT_NR
 
 
 def isa_supported(str name):
@@ -804,12 +950,13 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row, _rows
+    global _gemm, _dwconv_row, _rows, _wino
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
+    _wino = cnnrt_wino_select(_ISA_CODES[name])
 
 
 def get_isa():

@@ -28,6 +28,7 @@ cdef enum OpCode:
     OP_SOFTMAX
     OP_ADD
     OP_CONCAT
+    OP_WINOGRAD3X3
 
 # ------------------------------------------------------- fused activations
 cdef enum Activation:
@@ -53,6 +54,7 @@ ctypedef struct Step:
     Py_ssize_t pt, pl, pb, pr
     Py_ssize_t groups
     Py_ssize_t outer, axis, inner # softmax / concat view [outer, axis, inner]
+    Py_ssize_t th, tw             # winograd: output tiles down and across
     int flag                      # avgpool: count_include_pad
     float f0, f1                  # leaky_relu alpha; clip min, max
     const float* w                # weights (or batchnorm scale)

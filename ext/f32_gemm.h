@@ -33,7 +33,10 @@
 #define CNNRT_X86 1
 #endif
 
+/* Every variant computes MR x NR tiles, so packed operands do not depend on
+ * the variant in use. */
 #define CNNRT_MR 8
+#define CNNRT_NR 32
 #define CNNRT_NR_MAX 32
 
 enum { CNNRT_ACT_NONE = 0, CNNRT_ACT_RELU, CNNRT_ACT_RELU6, CNNRT_ACT_SIGMOID, CNNRT_ACT_TANH };
@@ -56,21 +59,21 @@ static inline float cnnrt_act_scalar(float v, int act)
 
 /* ---------------------------------------------------------------- scalar */
 
-static void f32_gemm_ukernel_8x8__scalar(size_t kc, const float *a, const float *b,
-                                         float *c, size_t ldc, size_t mr, size_t nr,
-                                         const float *bias, int first, int last, int act)
+static void f32_gemm_ukernel_8x32__scalar(size_t kc, const float *a, const float *b,
+                                          float *c, size_t ldc, size_t mr, size_t nr,
+                                          const float *bias, int first, int last, int act)
 {
-    float acc[CNNRT_MR][8];
+    float acc[CNNRT_MR][32];
     size_t r, j, k;
     for (r = 0; r < CNNRT_MR; r++)
-        for (j = 0; j < 8; j++)
+        for (j = 0; j < 32; j++)
             acc[r][j] = (!first && r < mr && j < nr) ? c[r * ldc + j] : 0.0f;
     for (k = 0; k < kc; k++) {
         const float *ak = a + k * CNNRT_MR;
-        const float *bk = b + k * 8;
+        const float *bk = b + k * 32;
         for (r = 0; r < CNNRT_MR; r++) {
             const float av = ak[r];
-            for (j = 0; j < 8; j++)
+            for (j = 0; j < 32; j++)
                 acc[r][j] += av * bk[j];
         }
     }
@@ -101,10 +104,11 @@ static inline __m256 cnnrt_act_avx2(__m256 v, int act)
     return v;
 }
 
+/* One 8x8 quarter of an 8x32 tile: B rows are 32 floats apart. */
 __attribute__((target("avx2,fma")))
-static void f32_gemm_ukernel_8x8__avx2(size_t kc, const float *a, const float *b,
-                                       float *c, size_t ldc, size_t mr, size_t nr,
-                                       const float *bias, int first, int last, int act)
+static inline void f32_gemm_quarter_8x8__avx2(size_t kc, const float *a, const float *b,
+                                              float *c, size_t ldc, size_t mr, size_t nr,
+                                              const float *bias, int first, int last, int act)
 {
     __m256 acc[CNNRT_MR];
     float tmp[8];
@@ -122,7 +126,7 @@ static void f32_gemm_ukernel_8x8__avx2(size_t kc, const float *a, const float *b
         }
     }
     for (k = 0; k < kc; k++) {
-        const __m256 bv = _mm256_loadu_ps(b + k * 8);
+        const __m256 bv = _mm256_loadu_ps(b + k * 32);
         const float *ak = a + k * CNNRT_MR;
         acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 0), bv, acc[0]);
         acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 1), bv, acc[1]);
@@ -149,6 +153,17 @@ static void f32_gemm_ukernel_8x8__avx2(size_t kc, const float *a, const float *b
         if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH))
             for (j = 0; j < nr; j++) c[r * ldc + j] = cnnrt_act_scalar(c[r * ldc + j], act);
     }
+}
+
+__attribute__((target("avx2,fma")))
+static void f32_gemm_ukernel_8x32__avx2(size_t kc, const float *a, const float *b,
+                                        float *c, size_t ldc, size_t mr, size_t nr,
+                                        const float *bias, int first, int last, int act)
+{
+    size_t j0;
+    for (j0 = 0; j0 < nr; j0 += 8)
+        f32_gemm_quarter_8x8__avx2(kc, a, b + j0, c + j0, ldc, mr, nr - j0 < 8 ? nr - j0 : 8,
+                                   bias, first, last, act);
 }
 
 /* ---------------------------------------------------------------- AVX-512 */
@@ -261,9 +276,9 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
 {
     cnnrt_gemm_config cfg;
     cfg.isa = CNNRT_ISA_SCALAR;
-    cfg.nr = 8;
-    cfg.ukernel = f32_gemm_ukernel_8x8__scalar;
-    cfg.name = "f32_gemm_ukernel_8x8__scalar";
+    cfg.nr = 32;
+    cfg.ukernel = f32_gemm_ukernel_8x32__scalar;
+    cfg.name = "f32_gemm_ukernel_8x32__scalar";
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
         cfg.isa = CNNRT_ISA_AVX512;
@@ -272,9 +287,9 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
         cfg.name = "f32_gemm_ukernel_8x32__avx512";
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.isa = CNNRT_ISA_AVX2;
-        cfg.nr = 8;
-        cfg.ukernel = f32_gemm_ukernel_8x8__avx2;
-        cfg.name = "f32_gemm_ukernel_8x8__avx2";
+        cfg.nr = 32;
+        cfg.ukernel = f32_gemm_ukernel_8x32__avx2;
+        cfg.name = "f32_gemm_ukernel_8x32__avx2";
     }
 #endif
     return cfg;
