@@ -239,6 +239,7 @@ class Model:
         steps = []
         self._step_nodes = []  # for each step, the names of the nodes it runs
         scratch = 0
+        thread_scratch = 0
         for i, node in enumerate(g.nodes):
             out = node.outputs[0]
             src = storage[node.inputs[0]]
@@ -252,11 +253,12 @@ class Model:
                 st.offset = arena.alloc(st.size)
                 storage[out] = st
             if node.op != "flatten":
-                step, need = self._step(node, [storage[t].offset for t in node.inputs],
-                                        storage[out].offset)
+                step, need, thread_need = self._step(
+                    node, [storage[t].offset for t in node.inputs], storage[out].offset)
                 steps.append(step)
                 self._step_nodes.append([node.name])
                 scratch = max(scratch, need)
+                thread_scratch = max(thread_scratch, thread_need)
             # release storages whose last reader was this node
             seen = set()
             for t in node.inputs + [out]:
@@ -278,6 +280,7 @@ class Model:
             g.input_layout == "NHWC",
             storage[out_name].offset,
             prod(shapes[out_name]),
+            thread_scratch,
         )
 
     def _step(self, node, in_offs, out_off):
@@ -290,6 +293,7 @@ class Model:
         d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
              "in_size": prod(in_shape), "out_size": prod(out_shape)}
         need = 0
+        thread_need = 0
         if node.op in ("conv2d", "locally_connected2d", "maxpool2d", "avgpool2d", "l2pool2d"):
             C, H, W = in_shape
             K, H2, W2 = out_shape
@@ -308,6 +312,9 @@ class Model:
             g = a["groups"]
             if C == g:
                 d["op"] = "depthwise2d"
+                if a["stride"] == (1, 1):
+                    thread_need = _engine.dwconv_plane_work(
+                        H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"], d["pr"], H2)
             elif winograd_eligible(a, C, K, H2, W2):
                 d["op"] = "winograd3x3"
                 d["w"] = pack_winograd_weights(w["weight"])
@@ -348,7 +355,7 @@ class Model:
             d["inner"] = prod(out_shape[ax + 1:])
             if node.op == "concat":
                 d["in_len"] = [shapes[t][ax] for t in node.inputs]
-        return d, need
+        return d, need, thread_need
 
     # ------------------------------------------------------------- running
     def _prepare(self, x) -> np.ndarray:

@@ -153,9 +153,20 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                 for i in range(hi, L):
                     out[i] = 0.0
             else:
-                for i in range(L):
-                    ix = ix0 + i * s.sw
-                    out[i] = src[ix] if 0 <= ix < s.W else 0.0
+                # columns i with 0 <= ix0 + i*sw < W
+                lo = 0 if ix0 >= 0 else (-ix0 + s.sw - 1) // s.sw
+                hi = 0 if s.W - 1 - ix0 < 0 else (s.W - 1 - ix0) // s.sw + 1
+                if hi > L:
+                    hi = L
+                if hi < lo:
+                    hi = lo
+                for i in range(lo):
+                    out[i] = 0.0
+                src = src + ix0
+                for i in range(lo, hi):
+                    out[i] = src[i * s.sw]
+                for i in range(hi, L):
+                    out[i] = 0.0
         if nr < nr_full:
             memset(row + nr, 0, (nr_full - nr) * sizeof(float))
 
@@ -226,7 +237,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     n_tasks = outer * n_kchunks
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-        conv_task(s, x, y, scratch + threadid() * PACK_FLOATS, ukernel, NRr,
+        conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel, NRr,
                   t, n_cb, n_kchunks, per_chunk)
 
 
@@ -376,12 +387,29 @@ cdef extern from "f32_dwconv.h":
                                          Py_ssize_t oy, Py_ssize_t W2, float bias, int act,
                                          float* out) noexcept nogil
     cnnrt_dwconv_row_fn cnnrt_dwconv_select(int isa) noexcept nogil
+    ctypedef void (*cnnrt_dwconv_plane_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
+                                           const float* wk, Py_ssize_t kh, Py_ssize_t kw,
+                                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt,
+                                           Py_ssize_t pl, Py_ssize_t pb, Py_ssize_t pr,
+                                           Py_ssize_t H2, Py_ssize_t W2, float bias, int act,
+                                           float* out, float* work) noexcept nogil
+    cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa) noexcept nogil
+    Py_ssize_t cnnrt_dwconv_plane_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
+                                       Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                                       Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
 
 cdef cnnrt_dwconv_row_fn _dwconv_row = cnnrt_dwconv_select(cnnrt_isa_best())
+cdef cnnrt_dwconv_plane_fn _dwconv_plane = cnnrt_dwconv_plane_select(cnnrt_isa_best())
+
+
+def dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2):
+    """Private floats a stride-1 depthwise plane needs (see f32_dwconv.h)."""
+    return cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
 
 
 cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
-                          cnnrt_dwconv_row_fn row_fn) noexcept nogil:
+                          cnnrt_dwconv_row_fn row_fn, cnnrt_dwconv_plane_fn plane_fn,
+                          float* work) noexcept nogil:
     """One output channel of one image for a convolution with one input channel per group."""
     cdef Py_ssize_t n = item // s.K
     cdef Py_ssize_t k = item % s.K
@@ -391,17 +419,22 @@ cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t it
     cdef float* out = y + item * s.H2 * s.W2
     cdef float bias = s.b[k] if s.b != NULL else 0.0
     cdef Py_ssize_t oy
+    if s.sh == 1 and s.sw == 1:
+        plane_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
+                 s.H2, s.W2, bias, s.act, out, work)
+        return
     for oy in range(s.H2):
         row_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl,
                oy, s.W2, bias, s.act, out + oy * s.W2)
 
 
-cdef void depthwise2d_f32(const Step* s, const float* x, float* y,
+cdef void depthwise2d_f32(const Step* s, const float* x, float* y, float* pack,
                           Py_ssize_t N, int n_threads) noexcept nogil:
     cdef cnnrt_dwconv_row_fn row_fn = _dwconv_row
+    cdef cnnrt_dwconv_plane_fn plane_fn = _dwconv_plane
     cdef Py_ssize_t item
     for item in prange(N * s.K, schedule="static", num_threads=n_threads):
-        depthwise_plane(s, x, y, item, row_fn)
+        depthwise_plane(s, x, y, item, row_fn, plane_fn, pack + threadid() * s.tstride)
 
 
 cdef void lc_row(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -692,7 +725,7 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
     elif s.op == OP_WINOGRAD3X3:
         winograd_f32(s, x, y, work, N, n_threads)
     elif s.op == OP_DEPTHWISE2D:
-        depthwise2d_f32(s, x, y, N, n_threads)
+        depthwise2d_f32(s, x, y, pack, N, n_threads)
     elif s.op == OP_LOCALLY_CONNECTED2D:
         locally_connected2d_f32(s, x, y, N, n_threads)
     elif s.op == OP_DENSE:
@@ -786,6 +819,7 @@ cdef class Plan:
     cdef list keep
     cdef readonly Py_ssize_t sample_size   # arena floats per sample
     cdef readonly Py_ssize_t scratch_size  # arena floats of work space per sample
+    cdef readonly Py_ssize_t thread_size   # arena floats of private work space per thread
     cdef Py_ssize_t in_off, out_off, out_size
     cdef Py_ssize_t C, H, W
     cdef bint nhwc
@@ -796,13 +830,15 @@ cdef class Plan:
 
     def __init__(self, list steps, Py_ssize_t sample_size, Py_ssize_t scratch_size,
                  Py_ssize_t in_off, tuple input_chw, bint nhwc,
-                 Py_ssize_t out_off, Py_ssize_t out_size):
+                 Py_ssize_t out_off, Py_ssize_t out_size, Py_ssize_t thread_size=0):
         cdef Py_ssize_t i, k
         cdef Step* s
         cdef const Py_ssize_t[::1] offs
         self.keep = []
         self.sample_size = sample_size
         self.scratch_size = scratch_size
+        self.thread_size = max(thread_size, PACK_FLOATS)
+        self.thread_size = (self.thread_size + 15) // 16 * 16
         self.in_off = in_off
         self.C, self.H, self.W = input_chw
         self.nhwc = nhwc
@@ -835,13 +871,14 @@ cdef class Plan:
             s.f1 = d.get("f1", 0.0)
             s.w = _float_ptr(d.get("w"), self.keep)
             s.b = _float_ptr(d.get("b"), self.keep)
+            s.tstride = self.thread_size
 
     def __dealloc__(self):
         free(self.steps)
 
     def arena_size(self, Py_ssize_t n, int n_threads):
         """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
-        return (self.sample_size + self.scratch_size) * n + n_threads * PACK_FLOATS
+        return (self.sample_size + self.scratch_size) * n + n_threads * self.thread_size
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
@@ -950,11 +987,12 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row, _rows, _wino
+    global _gemm, _dwconv_row, _dwconv_plane, _rows, _wino
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
+    _dwconv_plane = cnnrt_dwconv_plane_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
     _wino = cnnrt_wino_select(_ISA_CODES[name])
 
