@@ -100,6 +100,30 @@ def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=np.float32)
 
 
+def pack_conv_weights_t(weight: np.ndarray, groups: int) -> np.ndarray:
+    """Conv weights [K, C/g, kh, kw] as GEMM B panels for the transposed orientation.
+
+    Layout [groups, ceil(Kg/NR), Q, NR]: output channels in panels of NR (the
+    last one zero-padded), step-major over the Q = C/g*kh*kw taps.
+    """
+    K = weight.shape[0]
+    Kg = K // groups
+    Q = int(np.prod(weight.shape[1:]))
+    nr = _engine.GEMM_NR
+    n_kb = -(-Kg // nr)
+    padded = np.zeros((groups, n_kb * nr, Q), dtype=np.float32)
+    padded[:, :Kg] = weight.reshape(groups, Kg, Q)
+    return np.ascontiguousarray(padded.reshape(groups, n_kb, nr, Q).transpose(0, 1, 3, 2))
+
+
+def conv_transposed(P: int, Kg: int) -> bool:
+    """Whether a GEMM convolution fills the tiles better with vectors along channels."""
+    mr, nr = _engine.GEMM_MR, _engine.GEMM_NR
+    normal = P / (-(-P // nr) * nr) * Kg / (-(-Kg // mr) * mr)
+    transposed = P / (-(-P // mr) * mr) * Kg / (-(-Kg // nr) * nr)
+    return transposed > 1.05 * normal
+
+
 def get_num_threads() -> int:
     """Number of cores this process may use: the default thread count."""
     try:
@@ -322,6 +346,11 @@ class Model:
                 d["th"], d["tw"] = th, tw
                 # per sample: padded input, V and M (tiles rounded up per batch)
                 need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
+            elif conv_transposed(H2 * W2, K // g):
+                d["flag"] = 1
+                d["w"] = pack_conv_weights_t(w["weight"], g)
+                # per sample: every group's positions packed as A panels
+                need = g * -(-(H2 * W2) // 8) * 8 * (C // g) * d["kh"] * d["kw"]
             else:
                 d["w"] = pack_conv_weights(w["weight"], g)
         elif node.op == "locally_connected2d":

@@ -216,9 +216,75 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
         q0 += kc
 
 
-cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
+cdef void conv_pack_t(const Step* s, const float* x, float* apack, Py_ssize_t item,
+                      Py_ssize_t n_pp) noexcept nogil:
+    """Pack 8 output positions' taps (all Q of them) as one A panel [Q][8]."""
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    cdef Py_ssize_t pp = item % n_pp
+    cdef Py_ssize_t ng = item // n_pp
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t p0 = pp * CNNRT_MR
+    cdef Py_ssize_t mr = P - p0
+    if mr > CNNRT_MR:
+        mr = CNNRT_MR
+    pack_b_conv(s, x + (n * s.C + g * Cg) * s.H * s.W, apack + item * Q * CNNRT_MR,
+                0, Q, p0, mr, CNNRT_MR)
+
+
+cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
+                      cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_pp,
+                      Py_ssize_t n_kb) noexcept nogil:
+    """Transposed orientation, for few output positions: Y^T[P, K] = X_col^T W^T.
+
+    Vectors run along output channels: the A panels hold 8 output positions
+    (packed for the whole layer by conv_pack_t), the weights were packed at
+    load as B panels of NR channels, and the finished tile is stored
+    transposed with bias and activation.
+    """
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    # positions vary fastest, so consecutive tasks reuse one weight panel
+    cdef Py_ssize_t pp = task % n_pp
+    cdef Py_ssize_t rest = task // n_pp
+    cdef Py_ssize_t kb = rest % n_kb
+    cdef Py_ssize_t ng = rest // n_kb
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t p0 = pp * CNNRT_MR
+    cdef Py_ssize_t mr = P - p0
+    cdef Py_ssize_t nr = Kg - kb * CNNRT_NR
+    cdef const float* a = apack + (ng * n_pp + pp) * Q * CNNRT_MR
+    cdef const float* wb = s.w + (g * n_kb + kb) * Q * CNNRT_NR
+    cdef Py_ssize_t q0 = 0, kc, j, r, k
+    cdef float bv
+    cdef float* dst
+    if mr > CNNRT_MR:
+        mr = CNNRT_MR
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    while q0 < Q:
+        kc = Q - q0
+        if kc > KC:
+            kc = KC
+        ukernel(kc, a + q0 * CNNRT_MR, wb + q0 * CNNRT_NR, tile, CNNRT_NR, CNNRT_MR, CNNRT_NR,
+                NULL, q0 == 0, 0, ACT_NONE)
+        q0 += kc
+    for j in range(nr):
+        k = g * Kg + kb * CNNRT_NR + j
+        bv = s.b[k] if s.b != NULL else 0.0
+        dst = y + (n * s.K + k) * P + p0
+        for r in range(mr):
+            dst[r] = activate(tile[r * CNNRT_NR + j] + bv, s.act)
+
+
+cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
                      Py_ssize_t N, int n_threads) noexcept nogil:
-    """Grouped convolution; ``scratch`` holds one B panel per thread."""
+    """Grouped convolution; ``scratch`` is per-thread space, ``work`` per batch."""
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
@@ -228,6 +294,15 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
     cdef Py_ssize_t per_chunk, n_tasks, t
+    if s.flag:  # transposed orientation
+        n_cb = (P + CNNRT_MR - 1) // CNNRT_MR
+        n_panels = (Kg + CNNRT_NR - 1) // CNNRT_NR
+        for t in prange(N * s.groups * n_cb, schedule="static", num_threads=n_threads):
+            conv_pack_t(s, x, work, t, n_cb)
+        n_tasks = N * s.groups * n_cb * n_panels
+        for t in prange(n_tasks, schedule="static", num_threads=n_threads):
+            conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, t, n_cb, n_panels)
+        return
     # Too few column blocks to keep every thread busy: split output channels too.
     if outer < 4 * n_threads:
         n_kchunks = (4 * n_threads + outer - 1) // outer
@@ -721,7 +796,7 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
     x = arena + s.in_off[0] * N
     y = arena + s.out_off * N
     if s.op == OP_CONV2D:
-        conv2d_f32(s, x, y, pack, N, n_threads)
+        conv2d_f32(s, x, y, work, pack, N, n_threads)
     elif s.op == OP_WINOGRAD3X3:
         winograd_f32(s, x, y, work, N, n_threads)
     elif s.op == OP_DEPTHWISE2D:
