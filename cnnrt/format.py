@@ -661,6 +661,10 @@ def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
                             p.attrs.create(key, np.float64(v))
                         else:
                             p.attrs.create(key, np.asarray(v, dtype=np.float64).reshape(-1))
+        # mkstemp creates the file private (0600); give it the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
