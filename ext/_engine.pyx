@@ -21,8 +21,12 @@ include "engine_types.pxi"
 
 # Work items of element-wise kernels: contiguous chunks of this many floats.
 DEF CHUNK = 16384
-# Floats of thread-private packing space (one B panel of KC x NR_MAX).
-DEF PACK_FLOATS = 256 * 32
+# Output positions packed together by one convolution task (4 panels of NR).
+DEF MACRO = 128
+# Floats of thread-private packing space (MACRO positions x KC taps).
+DEF PACK_FLOATS = 128 * 256
+# Runs of consecutive positions one packing call may hold.
+DEF MAX_RUNS = 160
 
 
 # ==========================================================================
@@ -96,16 +100,21 @@ cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                       Py_ssize_t kc, Py_ssize_t p0, Py_ssize_t nr,
                       Py_ssize_t nr_full) noexcept nogil:
-    """Pack taps q0..q0+kc of output positions p0..p0+nr: dst[k * nr_full + j].
+    """Pack taps q0..q0+kc of output positions p0..p0+nr into panels of nr_full.
 
-    Positions are grouped in runs along an output row, so for stride 1 each
-    tap's run is one contiguous copy with zero fill at the borders.
+    Position j goes to panel j // nr_full, column j % nr_full: dst[(j // nr_full)
+    * kc * nr_full + k * nr_full + j % nr_full]; the last panel is zero-padded.
+    Positions are grouped in runs along an output row (split at panel
+    boundaries), so for stride 1 each tap's run is one contiguous copy with
+    zero fill at the borders, and one tap's runs read one stretch of memory.
     """
-    cdef Py_ssize_t run_oy[32]
-    cdef Py_ssize_t run_ox[32]
-    cdef Py_ssize_t run_j[32]
-    cdef Py_ssize_t run_len[32]
+    cdef Py_ssize_t run_oy[MAX_RUNS]
+    cdef Py_ssize_t run_ox[MAX_RUNS]
+    cdef Py_ssize_t run_j[MAX_RUNS]
+    cdef Py_ssize_t run_len[MAX_RUNS]
     cdef Py_ssize_t n_runs = 0
+    cdef Py_ssize_t panel_size = kc * nr_full
+    cdef Py_ssize_t tail
     cdef Py_ssize_t j = 0, p, L, q, c, r, ky, kx, t, iy, ix0, lo, hi, i, ix
     cdef Py_ssize_t khw = s.kh * s.kw
     cdef const float* plane
@@ -119,6 +128,8 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
         L = s.W2 - run_ox[n_runs]
         if L > nr - j:
             L = nr - j
+        if L > nr_full - j % nr_full:
+            L = nr_full - j % nr_full
         run_j[n_runs] = j
         run_len[n_runs] = L
         n_runs += 1
@@ -131,7 +142,7 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
         plane = xg + c * s.H * s.W
         row = dst + (q - q0) * nr_full
         for t in range(n_runs):
-            out = row + run_j[t]
+            out = row + (run_j[t] // nr_full) * panel_size + run_j[t] % nr_full
             L = run_len[t]
             iy = run_oy[t] * s.sh - s.pt + ky * s.dh
             if iy < 0 or iy >= s.H:
@@ -167,14 +178,15 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                     out[i] = src[i * s.sw]
                 for i in range(hi, L):
                     out[i] = 0.0
-        if nr < nr_full:
-            memset(row + nr, 0, (nr_full - nr) * sizeof(float))
+        tail = nr % nr_full
+        if tail:
+            memset(row + (nr // nr_full) * panel_size + tail, 0, (nr_full - tail) * sizeof(float))
 
 
 cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
-                    cnnrt_gemm_ukernel ukernel, Py_ssize_t NRr,
-                    Py_ssize_t task, Py_ssize_t n_cb, Py_ssize_t n_kchunks,
-                    Py_ssize_t panels_per_chunk) noexcept nogil:
+                    cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_cb,
+                    Py_ssize_t n_kchunks, Py_ssize_t panels_per_chunk) noexcept nogil:
+    """One block of up to MACRO output positions for one range of weight panels."""
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
@@ -186,17 +198,18 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
     cdef Py_ssize_t ng = rest // n_cb
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
-    cdef Py_ssize_t p0 = cb * NRr
-    cdef Py_ssize_t nr = P - p0
+    cdef Py_ssize_t p0 = cb * MACRO
+    cdef Py_ssize_t width = P - p0
     cdef Py_ssize_t panel0 = kchunk * panels_per_chunk
     cdef Py_ssize_t panel1 = panel0 + panels_per_chunk
-    cdef Py_ssize_t q0, kc, panel, m0, mr
+    cdef Py_ssize_t q0, kc, panel, m0, mr, sub, n_sub, nr
     cdef const float* xg = x + (n * s.C + g * Cg) * s.H * s.W
     cdef float* yg = y + (n * s.K + g * Kg) * P
     cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
     cdef const float* bg = s.b + g * Kg if s.b != NULL else NULL
-    if nr > NRr:
-        nr = NRr
+    if width > MACRO:
+        width = MACRO
+    n_sub = (width + CNNRT_NR - 1) // CNNRT_NR
     if panel1 > n_panels:
         panel1 = n_panels
     q0 = 0
@@ -204,15 +217,19 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
         kc = Q - q0
         if kc > KC:
             kc = KC
-        pack_b_conv(s, xg, pack, q0, kc, p0, nr, NRr)
-        for panel in range(panel0, panel1):
-            m0 = panel * CNNRT_MR
-            mr = Kg - m0
-            if mr > CNNRT_MR:
-                mr = CNNRT_MR
-            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack, yg + m0 * P + p0, P,
-                          mr, nr, bg + m0 if bg != NULL else NULL,
-                          q0 == 0, q0 + kc >= Q, s.act)
+        pack_b_conv(s, xg, pack, q0, kc, p0, width, CNNRT_NR)
+        for sub in range(n_sub):
+            nr = width - sub * CNNRT_NR
+            if nr > CNNRT_NR:
+                nr = CNNRT_NR
+            for panel in range(panel0, panel1):
+                m0 = panel * CNNRT_MR
+                mr = Kg - m0
+                if mr > CNNRT_MR:
+                    mr = CNNRT_MR
+                ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack + sub * kc * CNNRT_NR,
+                        yg + m0 * P + p0 + sub * CNNRT_NR, P, mr, nr,
+                        bg + m0 if bg != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
         q0 += kc
 
 
@@ -289,8 +306,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
     cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel  # one variant for the whole call
-    cdef Py_ssize_t NRr = _gemm.nr
-    cdef Py_ssize_t n_cb = (P + NRr - 1) // NRr
+    cdef Py_ssize_t n_cb = (P + MACRO - 1) // MACRO
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
     cdef Py_ssize_t per_chunk, n_tasks, t
@@ -312,7 +328,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     n_tasks = outer * n_kchunks
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-        conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel, NRr,
+        conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk)
 
 
