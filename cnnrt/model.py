@@ -336,9 +336,10 @@ class Model:
             g = a["groups"]
             if C == g:
                 d["op"] = "depthwise2d"
-                if a["stride"] == (1, 1):
+                if a["stride"] in ((1, 1), (2, 2)):
                     thread_need = _engine.dwconv_plane_work(
-                        H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"], d["pr"], H2)
+                        a["stride"][0], H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"],
+                        d["pr"], H2)
             elif winograd_eligible(a, C, K, H2, W2):
                 d["op"] = "winograd3x3"
                 d["w"] = pack_winograd_weights(w["weight"])

@@ -485,22 +485,29 @@ cdef extern from "f32_dwconv.h":
                                            Py_ssize_t H2, Py_ssize_t W2, float bias, int act,
                                            float* out, float* work) noexcept nogil
     cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa) noexcept nogil
+    cnnrt_dwconv_plane_fn cnnrt_dwconv_plane2_select(int isa) noexcept nogil
+    Py_ssize_t cnnrt_dwconv_plane2_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
+                                        Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
     Py_ssize_t cnnrt_dwconv_plane_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
                                        Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
                                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
 
 cdef cnnrt_dwconv_row_fn _dwconv_row = cnnrt_dwconv_select(cnnrt_isa_best())
 cdef cnnrt_dwconv_plane_fn _dwconv_plane = cnnrt_dwconv_plane_select(cnnrt_isa_best())
+cdef cnnrt_dwconv_plane_fn _dwconv_plane2 = cnnrt_dwconv_plane2_select(cnnrt_isa_best())
 
 
-def dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2):
-    """Private floats a stride-1 depthwise plane needs (see f32_dwconv.h)."""
-    return cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+def dwconv_plane_work(stride, H, W, kw, dw, pt, pl, pb, pr, H2):
+    """Private floats a depthwise plane of stride 1 or 2 needs (see f32_dwconv.h)."""
+    if stride == 1:
+        return cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+    return cnnrt_dwconv_plane2_work(H, W, kw, dw, pt, pl, pb, pr, H2)
 
 
 cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
                           cnnrt_dwconv_row_fn row_fn, cnnrt_dwconv_plane_fn plane_fn,
-                          float* work) noexcept nogil:
+                          cnnrt_dwconv_plane_fn plane2_fn, float* work) noexcept nogil:
     """One output channel of one image for a convolution with one input channel per group."""
     cdef Py_ssize_t n = item // s.K
     cdef Py_ssize_t k = item % s.K
@@ -514,6 +521,10 @@ cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t it
         plane_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
                  s.H2, s.W2, bias, s.act, out, work)
         return
+    if s.sh == 2 and s.sw == 2:
+        plane2_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
+                  s.H2, s.W2, bias, s.act, out, work)
+        return
     for oy in range(s.H2):
         row_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl,
                oy, s.W2, bias, s.act, out + oy * s.W2)
@@ -523,9 +534,10 @@ cdef void depthwise2d_f32(const Step* s, const float* x, float* y, float* pack,
                           Py_ssize_t N, int n_threads) noexcept nogil:
     cdef cnnrt_dwconv_row_fn row_fn = _dwconv_row
     cdef cnnrt_dwconv_plane_fn plane_fn = _dwconv_plane
+    cdef cnnrt_dwconv_plane_fn plane2_fn = _dwconv_plane2
     cdef Py_ssize_t item
     for item in prange(N * s.K, schedule="static", num_threads=n_threads):
-        depthwise_plane(s, x, y, item, row_fn, plane_fn, pack + threadid() * s.tstride)
+        depthwise_plane(s, x, y, item, row_fn, plane_fn, plane2_fn, pack + threadid() * s.tstride)
 
 
 cdef void lc_row(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -1078,12 +1090,13 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row, _dwconv_plane, _rows, _wino
+    global _gemm, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
     _dwconv_plane = cnnrt_dwconv_plane_select(_ISA_CODES[name])
+    _dwconv_plane2 = cnnrt_dwconv_plane2_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
     _wino = cnnrt_wino_select(_ISA_CODES[name])
 
