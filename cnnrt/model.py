@@ -9,6 +9,7 @@ the GIL released.
 """
 import os
 import threading
+from dataclasses import replace
 from math import prod
 from typing import Dict, List, Optional, Tuple
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _engine
 from .errors import ModelFormatError
-from .format import DEFAULT_MEMORY_LIMIT, Graph, read_model, validate
+from .format import DEFAULT_MEMORY_LIMIT, Graph, Node, read_model, validate
 from .ops import OPS, softmax_axis
 
 ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
@@ -157,6 +158,39 @@ def load(path, threads: Optional[int] = None, memory_limit: Optional[int] = None
     return Model(graph, threads=threads, memory_limit=limit)
 
 
+_FUSABLE_ACT = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+
+
+def _activation_of(node) -> Optional[str]:
+    """The fused-activation name an element-wise node stands for, if any."""
+    if node.op in _FUSABLE_ACT:
+        return _FUSABLE_ACT[node.op]
+    if node.op == "clip" and node.attrs["min"] == 0.0 and node.attrs["max"] == 6.0:
+        return "relu6"
+    return None
+
+
+def _merge(prev: Node, node: Node) -> Optional[Node]:
+    """``prev`` with ``node`` folded into it, or None when one kernel cannot run both."""
+    act = _activation_of(node)
+    if act is not None and prev.op in ("conv2d", "locally_connected2d", "dense", "add"):
+        if prev.attrs.get("activation", "none") != "none":
+            return None
+        return replace(prev, outputs=list(node.outputs), attrs={**prev.attrs, "activation": act})
+    if node.op == "batchnorm2d" and prev.op == "conv2d" and prev.attrs["activation"] == "none":
+        w = node.weights
+        scale = w["gamma"].astype(np.float64) / np.sqrt(w["var"].astype(np.float64)
+                                                        + node.attrs["epsilon"])
+        shift = w["beta"].astype(np.float64) - w["mean"].astype(np.float64) * scale
+        weight = prev.weights["weight"].astype(np.float64) * scale[:, None, None, None]
+        bias = prev.weights.get("bias")
+        bias = shift if bias is None else bias.astype(np.float64) * scale + shift
+        return replace(prev, outputs=list(node.outputs),
+                       weights={"weight": weight.astype(np.float32),
+                                "bias": bias.astype(np.float32)})
+    return None
+
+
 class _Storage:
     __slots__ = ("size", "last", "offset")
 
@@ -243,12 +277,46 @@ class Model:
         self._threads = _check_threads(value)
 
     # ------------------------------------------------------------- planning
+    def _fuse(self):
+        """Merge nodes that one kernel can run, keeping the original names.
+
+        An activation node (relu, clip 0..6, sigmoid, tanh) is folded into the
+        conv2d, locally_connected2d, dense or add before it, and a batchnorm2d
+        into the conv2d before it (weights and bias rescaled in double
+        precision), when the tensor between them has no other reader and is
+        not the graph output.  Returns a list of (node, [original names]).
+        """
+        g = self.graph
+        readers: Dict[str, int] = {}
+        for node in g.nodes:
+            for t in node.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        producer: Dict[str, int] = {}
+        fused: List[Tuple[Node, List[str]]] = []
+        for node in g.nodes:
+            t = node.inputs[0]
+            j = producer.get(t)
+            if (j is not None and len(node.inputs) == 1 and readers.get(t) == 1
+                    and t != g.outputs[0]):
+                prev, names = fused[j]
+                merged = _merge(prev, node)
+                if merged is not None:
+                    fused[j] = (merged, names + [node.name])
+                    del producer[t]
+                    producer[node.outputs[0]] = j
+                    continue
+            producer[node.outputs[0]] = len(fused)
+            fused.append((node, [node.name]))
+        return fused
+
     def _build(self):
         g = self.graph
         shapes = self._shapes
-        n_nodes = len(g.nodes)
+        fused = self._fuse()
+        nodes = [node for node, _ in fused]
+        n_nodes = len(nodes)
         last_use: Dict[str, int] = {g.inputs[0]: -1}
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(nodes):
             last_use.setdefault(node.outputs[0], i)
             for t in node.inputs:
                 last_use[t] = i
@@ -264,7 +332,7 @@ class Model:
         self._step_nodes = []  # for each step, the names of the nodes it runs
         scratch = 0
         thread_scratch = 0
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(nodes):
             out = node.outputs[0]
             src = storage[node.inputs[0]]
             first_dies = src.last == i and node.inputs.count(node.inputs[0]) == 1
@@ -280,7 +348,7 @@ class Model:
                 step, need, thread_need = self._step(
                     node, [storage[t].offset for t in node.inputs], storage[out].offset)
                 steps.append(step)
-                self._step_nodes.append([node.name])
+                self._step_nodes.append(fused[i][1])
                 scratch = max(scratch, need)
                 thread_scratch = max(thread_scratch, thread_need)
             # release storages whose last reader was this node
@@ -364,6 +432,8 @@ class Model:
             d["b"] = w.get("bias")
         elif node.op in ("globalavgpool", "globalmaxpool"):
             d["C"], d["H"], d["W"] = in_shape
+        elif node.op == "add":
+            d["activation"] = a.get("activation", "none")
         elif node.op == "leaky_relu":
             d["f0"] = a["alpha"]
         elif node.op == "clip":

@@ -760,6 +760,8 @@ cdef void add_chunk(const Step* s, float* arena, float* y, Py_ssize_t N,
         b = arena + s.in_off[k] * N
         for i in range(lo, hi):
             y[i] = y[i] + b[i]
+    if s.act != ACT_NONE:
+        activate_row(y + lo, hi - lo, s.act)
 
 
 cdef void add_f32(const Step* s, float* arena, float* y,
