@@ -363,6 +363,7 @@ class Model:
                     st.offset = -2  # released; offsets already recorded in steps
 
         out_name = g.outputs[0]
+        self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
         self._plan = _engine.Plan(
             steps,
             arena.end,
