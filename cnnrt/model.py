@@ -423,6 +423,12 @@ class Model:
                 need = g * -(-(H2 * W2) // 8) * 8 * (C // g) * d["kh"] * d["kw"]
             else:
                 d["w"] = pack_conv_weights(w["weight"], g)
+                if a["stride"] != (1, 1):
+                    # the input split into its stride phases (see phase_plane)
+                    sh, sw = a["stride"]
+                    d["th"] = -(-(H + d["pt"] + d["pb"]) // sh)
+                    d["tw"] = -(-(W + d["pl"] + d["pr"]) // sw)
+                    need = C * sh * sw * d["th"] * d["tw"]
         elif node.op == "locally_connected2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]

@@ -183,8 +183,83 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
             memset(row + (nr // nr_full) * panel_size + tail, 0, (nr_full - tail) * sizeof(float))
 
 
-cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
-                    cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_cb,
+cdef void phase_plane(const Step* s, const float* x, float* ph, Py_ssize_t item) noexcept nogil:
+    """Split one zero-padded input plane into its sh x sw stride phases.
+
+    Phase (a, b) holds padded rows a, a+sh, ... and columns b, b+sw, ...:
+    ph[((a * sw + b) * Hq + r) * Wq + c] = padded[r * sh + a][c * sw + b].
+    """
+    cdef Py_ssize_t Hq = s.th
+    cdef Py_ssize_t Wq = s.tw
+    cdef float* dst = ph + item * s.sh * s.sw * Hq * Wq
+    cdef const float* src = x + item * s.H * s.W
+    cdef Py_ssize_t y, xx, py, px
+    cdef float* row
+    memset(dst, 0, s.sh * s.sw * Hq * Wq * sizeof(float))
+    for y in range(s.H):
+        py = y + s.pt
+        row = dst + ((py % s.sh) * s.sw * Hq + py // s.sh) * Wq
+        for xx in range(s.W):
+            px = xx + s.pl
+            row[(px % s.sw) * Hq * Wq + px // s.sw] = src[y * s.W + xx]
+
+
+cdef void pack_b_phases(const Step* s, const float* phg, float* dst, Py_ssize_t q0,
+                        Py_ssize_t kc, Py_ssize_t p0, Py_ssize_t nr,
+                        Py_ssize_t nr_full) noexcept nogil:
+    """As pack_b_conv for a strided convolution, reading the stride phases.
+
+    Every tap of a run of output positions along a row is one contiguous
+    stretch of one phase, and padding is already in the phases.
+    """
+    cdef Py_ssize_t run_oy[MAX_RUNS]
+    cdef Py_ssize_t run_ox[MAX_RUNS]
+    cdef Py_ssize_t run_j[MAX_RUNS]
+    cdef Py_ssize_t run_len[MAX_RUNS]
+    cdef Py_ssize_t n_runs = 0
+    cdef Py_ssize_t panel_size = kc * nr_full
+    cdef Py_ssize_t Hq = s.th
+    cdef Py_ssize_t Wq = s.tw
+    cdef Py_ssize_t khw = s.kh * s.kw
+    cdef Py_ssize_t j = 0, p, L, q, c, r, ky, kx, t, i, tail, ry, rx
+    cdef const float* src
+    cdef float* row
+    cdef float* out
+    while j < nr:
+        p = p0 + j
+        run_oy[n_runs] = p // s.W2
+        run_ox[n_runs] = p % s.W2
+        L = s.W2 - run_ox[n_runs]
+        if L > nr - j:
+            L = nr - j
+        if L > nr_full - j % nr_full:
+            L = nr_full - j % nr_full
+        run_j[n_runs] = j
+        run_len[n_runs] = L
+        n_runs += 1
+        j += L
+    for q in range(q0, q0 + kc):
+        c = q // khw
+        r = q - c * khw
+        ky = r // s.kw
+        kx = r - ky * s.kw
+        ry = ky * s.dh
+        rx = kx * s.dw
+        src = (phg + ((c * s.sh + ry % s.sh) * s.sw + rx % s.sw) * Hq * Wq
+               + (ry // s.sh) * Wq + rx // s.sw)
+        row = dst + (q - q0) * nr_full
+        for t in range(n_runs):
+            out = row + (run_j[t] // nr_full) * panel_size + run_j[t] % nr_full
+            L = run_len[t]
+            for i in range(L):
+                out[i] = src[run_oy[t] * Wq + run_ox[t] + i]
+        tail = nr % nr_full
+        if tail:
+            memset(row + (nr // nr_full) * panel_size + tail, 0, (nr_full - tail) * sizeof(float))
+
+
+cdef void conv_task(const Step* s, const float* x, const float* phases, float* y,
+                    float* pack, cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_cb,
                     Py_ssize_t n_kchunks, Py_ssize_t panels_per_chunk) noexcept nogil:
     """One block of up to MACRO output positions for one range of weight panels."""
     cdef Py_ssize_t Cg = s.C // s.groups
@@ -217,7 +292,11 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
         kc = Q - q0
         if kc > KC:
             kc = KC
-        pack_b_conv(s, xg, pack, q0, kc, p0, width, CNNRT_NR)
+        if phases != NULL:
+            pack_b_phases(s, phases + (n * s.C + g * Cg) * s.sh * s.sw * s.th * s.tw,
+                          pack, q0, kc, p0, width, CNNRT_NR)
+        else:
+            pack_b_conv(s, xg, pack, q0, kc, p0, width, CNNRT_NR)
         for sub in range(n_sub):
             nr = width - sub * CNNRT_NR
             if nr > CNNRT_NR:
@@ -327,8 +406,13 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     n_tasks = outer * n_kchunks
+    cdef const float* phases = NULL
+    if s.th > 0:  # strided: split the input into its stride phases first
+        for t in prange(N * s.C, schedule="static", num_threads=n_threads):
+            phase_plane(s, x, work, t)
+        phases = work
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-        conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel,
+        conv_task(s, x, phases, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk)
 
 
