@@ -489,7 +489,8 @@ class Model:
             )
         if x.shape[0] == 0:
             raise ValueError(f"input batch is empty: expected {want} with N >= 1")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # out of range becomes inf
+            x = np.ascontiguousarray(x, dtype=np.float32)
         if not np.isfinite(x).all():
             raise ValueError(f"input of shape {tuple(x.shape)} has NaN or infinite values")
         return x
