@@ -133,6 +133,9 @@ def _run_parser():
                    help='one JSON object per image: {"image", "top": [{"index", "label", "score"}]}')
     p.add_argument("--threads", metavar="N", type=_positive_int, default=None,
                    help="kernel threads (default: every core)")
+    p.add_argument("--profile", action="store_true",
+                   help="after classifying, time every node on the first image and print "
+                        "the table (to stderr)")
     return p
 
 
@@ -185,6 +188,7 @@ def _run(prog, args):
     labels = model.labels
     kind = "probability" if _output_op(model.graph) == "softmax" else "score"
     failed = 0
+    profiled = None
     for path in args.images:
         try:
             scores = model.predict_image(path)
@@ -211,7 +215,25 @@ def _run(prog, args):
             for i in best:
                 print(f"  {label(i):<{width}}  ({kind} {flat[i]:.4f})")
         sys.stdout.flush()
+        if args.profile and profiled is None:
+            profiled = path
+            _print_profile(model, path)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_profile(model, path):
+    """Per-node times on one image, slowest first, on stderr."""
+    from .image import load_image
+
+    x = load_image(path, model.graph.input_shape, model.input_layout, model.preprocess)[None]
+    rows = model.profile(x, repeats=20)
+    total = sum(r["ms"] for r in rows)
+    width = max(len(r["name"]) for r in rows)
+    out = [f"profile of {path} ({model.threads} threads, mean of 20 runs):"]
+    for r in rows:
+        out.append(f"  {r['name']:<{width}}  {r['op']:<24} {r['ms']:9.3f} ms  {100 * r['share']:5.1f}%")
+    out.append(f"  {'total':<{width}}  {'':<24} {total:9.3f} ms")
+    sys.stderr.write("\n".join(out) + "\n")
 
 
 # --------------------------------------------------------------------------
