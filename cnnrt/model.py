@@ -385,6 +385,10 @@ class Model:
         out_shape = shapes[node.outputs[0]]
         d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
              "in_size": prod(in_shape), "out_size": prod(out_shape)}
+        # arithmetic per sample, for the choice of one thread or many
+        macs = OPS[node.op].macs(a, [shapes[t] for t in node.inputs], out_shape)
+        window = prod(a["kernel"]) if "kernel" in a else 1
+        d["work"] = max(int(macs), prod(out_shape) * window * len(node.inputs))
         need = 0
         thread_need = 0
         if node.op in ("conv2d", "locally_connected2d", "maxpool2d", "avgpool2d", "l2pool2d"):

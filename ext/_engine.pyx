@@ -96,6 +96,24 @@ DEF KC = 256
 
 cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 
+# Steps with less arithmetic than this (multiply-adds, about) run on one thread.
+cdef Py_ssize_t _parallel_min_work = 1 << 21
+
+
+def set_parallel_min_work(Py_ssize_t work):
+    """Steps with less arithmetic per call than ``work`` run on one thread.
+
+    The default (2**21) keeps thread wake-ups out of small layers; 0 makes
+    every step use all its threads (tests use it to exercise the parallel
+    paths on small shapes).  Returns the previous value.
+    """
+    global _parallel_min_work
+    if work < 0:
+        raise ValueError(f"work must be >= 0, got {work}")
+    previous = _parallel_min_work
+    _parallel_min_work = work
+    return previous
+
 
 cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                       Py_ssize_t kc, Py_ssize_t p0, Py_ssize_t nr,
@@ -907,6 +925,10 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
                           Py_ssize_t N, int n_threads) noexcept nogil:
     cdef const float* x
     cdef float* y
+    # Waking a team of threads costs tens of microseconds or more (much more
+    # when the cores are busy); a step with less work than that runs alone.
+    if s.work * N < _parallel_min_work:
+        n_threads = 1
     x = arena + s.in_off[0] * N
     y = arena + s.out_off * N
     if s.op == OP_CONV2D:
@@ -981,7 +1003,7 @@ _ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6,
 
 _INT_FIELDS = ("in_size", "out_size", "C", "H", "W", "K", "H2", "W2", "kh", "kw",
                "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "groups",
-               "outer", "axis", "inner", "th", "tw")
+               "outer", "axis", "inner", "th", "tw", "work")
 
 
 cdef const float* _float_ptr(object arr, list keep) except? NULL:
@@ -1142,6 +1164,7 @@ cdef void _set_int(Step* s, str name, Py_ssize_t v):
     elif name == "inner": s.inner = v
     elif name == "th": s.th = v
     elif name == "tw": s.tw = v
+    elif name == "work": s.work = v
 
 
 def openmp_max_threads():
