@@ -586,6 +586,20 @@ def _write_value(attrs, key, value):
         raise ValueError(f"cannot store attribute '{key}' of type {type(value).__name__}")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
     """Validate ``graph`` and write it to ``path`` atomically.
 
@@ -661,6 +675,8 @@ def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
                             p.attrs.create(key, np.float64(v))
                         else:
                             p.attrs.create(key, np.asarray(v, dtype=np.float64).reshape(-1))
+        # mkstemp creates the file private (0600); give it the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -9,6 +9,7 @@ the GIL released.
 """
 import os
 import threading
+from dataclasses import replace
 from math import prod
 from typing import Dict, List, Optional, Tuple
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _engine
 from .errors import ModelFormatError
-from .format import DEFAULT_MEMORY_LIMIT, Graph, read_model, validate
+from .format import DEFAULT_MEMORY_LIMIT, Graph, Node, read_model, validate
 from .ops import OPS, softmax_axis
 
 ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
@@ -100,6 +101,30 @@ def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=np.float32)
 
 
+def pack_conv_weights_t(weight: np.ndarray, groups: int) -> np.ndarray:
+    """Conv weights [K, C/g, kh, kw] as GEMM B panels for the transposed orientation.
+
+    Layout [groups, ceil(Kg/NR), Q, NR]: output channels in panels of NR (the
+    last one zero-padded), step-major over the Q = C/g*kh*kw taps.
+    """
+    K = weight.shape[0]
+    Kg = K // groups
+    Q = int(np.prod(weight.shape[1:]))
+    nr = _engine.GEMM_NR
+    n_kb = -(-Kg // nr)
+    padded = np.zeros((groups, n_kb * nr, Q), dtype=np.float32)
+    padded[:, :Kg] = weight.reshape(groups, Kg, Q)
+    return np.ascontiguousarray(padded.reshape(groups, n_kb, nr, Q).transpose(0, 1, 3, 2))
+
+
+def conv_transposed(P: int, Kg: int) -> bool:
+    """Whether a GEMM convolution fills the tiles better with vectors along channels."""
+    mr, nr = _engine.GEMM_MR, _engine.GEMM_NR
+    normal = P / (-(-P // nr) * nr) * Kg / (-(-Kg // mr) * mr)
+    transposed = P / (-(-P // mr) * mr) * Kg / (-(-Kg // nr) * nr)
+    return transposed > 1.05 * normal
+
+
 def get_num_threads() -> int:
     """Number of cores this process may use: the default thread count."""
     try:
@@ -131,6 +156,39 @@ def load(path, threads: Optional[int] = None, memory_limit: Optional[int] = None
     threads = _check_threads(threads)
     graph = read_model(path, memory_limit=limit)
     return Model(graph, threads=threads, memory_limit=limit)
+
+
+_FUSABLE_ACT = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+
+
+def _activation_of(node) -> Optional[str]:
+    """The fused-activation name an element-wise node stands for, if any."""
+    if node.op in _FUSABLE_ACT:
+        return _FUSABLE_ACT[node.op]
+    if node.op == "clip" and node.attrs["min"] == 0.0 and node.attrs["max"] == 6.0:
+        return "relu6"
+    return None
+
+
+def _merge(prev: Node, node: Node) -> Optional[Node]:
+    """``prev`` with ``node`` folded into it, or None when one kernel cannot run both."""
+    act = _activation_of(node)
+    if act is not None and prev.op in ("conv2d", "locally_connected2d", "dense", "add"):
+        if prev.attrs.get("activation", "none") != "none":
+            return None
+        return replace(prev, outputs=list(node.outputs), attrs={**prev.attrs, "activation": act})
+    if node.op == "batchnorm2d" and prev.op == "conv2d" and prev.attrs["activation"] == "none":
+        w = node.weights
+        scale = w["gamma"].astype(np.float64) / np.sqrt(w["var"].astype(np.float64)
+                                                        + node.attrs["epsilon"])
+        shift = w["beta"].astype(np.float64) - w["mean"].astype(np.float64) * scale
+        weight = prev.weights["weight"].astype(np.float64) * scale[:, None, None, None]
+        bias = prev.weights.get("bias")
+        bias = shift if bias is None else bias.astype(np.float64) * scale + shift
+        return replace(prev, outputs=list(node.outputs),
+                       weights={"weight": weight.astype(np.float32),
+                                "bias": bias.astype(np.float32)})
+    return None
 
 
 class _Storage:
@@ -219,12 +277,46 @@ class Model:
         self._threads = _check_threads(value)
 
     # ------------------------------------------------------------- planning
+    def _fuse(self):
+        """Merge nodes that one kernel can run, keeping the original names.
+
+        An activation node (relu, clip 0..6, sigmoid, tanh) is folded into the
+        conv2d, locally_connected2d, dense or add before it, and a batchnorm2d
+        into the conv2d before it (weights and bias rescaled in double
+        precision), when the tensor between them has no other reader and is
+        not the graph output.  Returns a list of (node, [original names]).
+        """
+        g = self.graph
+        readers: Dict[str, int] = {}
+        for node in g.nodes:
+            for t in node.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        producer: Dict[str, int] = {}
+        fused: List[Tuple[Node, List[str]]] = []
+        for node in g.nodes:
+            t = node.inputs[0]
+            j = producer.get(t)
+            if (j is not None and len(node.inputs) == 1 and readers.get(t) == 1
+                    and t != g.outputs[0]):
+                prev, names = fused[j]
+                merged = _merge(prev, node)
+                if merged is not None:
+                    fused[j] = (merged, names + [node.name])
+                    del producer[t]
+                    producer[node.outputs[0]] = j
+                    continue
+            producer[node.outputs[0]] = len(fused)
+            fused.append((node, [node.name]))
+        return fused
+
     def _build(self):
         g = self.graph
         shapes = self._shapes
-        n_nodes = len(g.nodes)
+        fused = self._fuse()
+        nodes = [node for node, _ in fused]
+        n_nodes = len(nodes)
         last_use: Dict[str, int] = {g.inputs[0]: -1}
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(nodes):
             last_use.setdefault(node.outputs[0], i)
             for t in node.inputs:
                 last_use[t] = i
@@ -239,7 +331,8 @@ class Model:
         steps = []
         self._step_nodes = []  # for each step, the names of the nodes it runs
         scratch = 0
-        for i, node in enumerate(g.nodes):
+        thread_scratch = 0
+        for i, node in enumerate(nodes):
             out = node.outputs[0]
             src = storage[node.inputs[0]]
             first_dies = src.last == i and node.inputs.count(node.inputs[0]) == 1
@@ -252,11 +345,12 @@ class Model:
                 st.offset = arena.alloc(st.size)
                 storage[out] = st
             if node.op != "flatten":
-                step, need = self._step(node, [storage[t].offset for t in node.inputs],
-                                        storage[out].offset)
+                step, need, thread_need = self._step(
+                    node, [storage[t].offset for t in node.inputs], storage[out].offset)
                 steps.append(step)
-                self._step_nodes.append([node.name])
+                self._step_nodes.append(fused[i][1])
                 scratch = max(scratch, need)
+                thread_scratch = max(thread_scratch, thread_need)
             # release storages whose last reader was this node
             seen = set()
             for t in node.inputs + [out]:
@@ -269,6 +363,7 @@ class Model:
                     st.offset = -2  # released; offsets already recorded in steps
 
         out_name = g.outputs[0]
+        self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
         self._plan = _engine.Plan(
             steps,
             arena.end,
@@ -278,6 +373,7 @@ class Model:
             g.input_layout == "NHWC",
             storage[out_name].offset,
             prod(shapes[out_name]),
+            thread_scratch,
         )
 
     def _step(self, node, in_offs, out_off):
@@ -290,6 +386,7 @@ class Model:
         d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
              "in_size": prod(in_shape), "out_size": prod(out_shape)}
         need = 0
+        thread_need = 0
         if node.op in ("conv2d", "locally_connected2d", "maxpool2d", "avgpool2d", "l2pool2d"):
             C, H, W = in_shape
             K, H2, W2 = out_shape
@@ -308,6 +405,10 @@ class Model:
             g = a["groups"]
             if C == g:
                 d["op"] = "depthwise2d"
+                if a["stride"] in ((1, 1), (2, 2)):
+                    thread_need = _engine.dwconv_plane_work(
+                        a["stride"][0], H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"],
+                        d["pr"], H2)
             elif winograd_eligible(a, C, K, H2, W2):
                 d["op"] = "winograd3x3"
                 d["w"] = pack_winograd_weights(w["weight"])
@@ -315,6 +416,11 @@ class Model:
                 d["th"], d["tw"] = th, tw
                 # per sample: padded input, V and M (tiles rounded up per batch)
                 need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
+            elif conv_transposed(H2 * W2, K // g):
+                d["flag"] = 1
+                d["w"] = pack_conv_weights_t(w["weight"], g)
+                # per sample: every group's positions packed as A panels
+                need = g * -(-(H2 * W2) // 8) * 8 * (C // g) * d["kh"] * d["kw"]
             else:
                 d["w"] = pack_conv_weights(w["weight"], g)
         elif node.op == "locally_connected2d":
@@ -327,6 +433,8 @@ class Model:
             d["b"] = w.get("bias")
         elif node.op in ("globalavgpool", "globalmaxpool"):
             d["C"], d["H"], d["W"] = in_shape
+        elif node.op == "add":
+            d["activation"] = a.get("activation", "none")
         elif node.op == "leaky_relu":
             d["f0"] = a["alpha"]
         elif node.op == "clip":
@@ -348,7 +456,7 @@ class Model:
             d["inner"] = prod(out_shape[ax + 1:])
             if node.op == "concat":
                 d["in_len"] = [shapes[t][ax] for t in node.inputs]
-        return d, need
+        return d, need, thread_need
 
     # ------------------------------------------------------------- running
     def _prepare(self, x) -> np.ndarray:

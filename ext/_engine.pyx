@@ -21,8 +21,12 @@ include "engine_types.pxi"
 
 # Work items of element-wise kernels: contiguous chunks of this many floats.
 DEF CHUNK = 16384
-# Floats of thread-private packing space (one B panel of KC x NR_MAX).
-DEF PACK_FLOATS = 256 * 32
+# Output positions packed together by one convolution task (4 panels of NR).
+DEF MACRO = 128
+# Floats of thread-private packing space (MACRO positions x KC taps).
+DEF PACK_FLOATS = 128 * 256
+# Runs of consecutive positions one packing call may hold.
+DEF MAX_RUNS = 160
 
 
 # ==========================================================================
@@ -96,16 +100,21 @@ cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                       Py_ssize_t kc, Py_ssize_t p0, Py_ssize_t nr,
                       Py_ssize_t nr_full) noexcept nogil:
-    """Pack taps q0..q0+kc of output positions p0..p0+nr: dst[k * nr_full + j].
+    """Pack taps q0..q0+kc of output positions p0..p0+nr into panels of nr_full.
 
-    Positions are grouped in runs along an output row, so for stride 1 each
-    tap's run is one contiguous copy with zero fill at the borders.
+    Position j goes to panel j // nr_full, column j % nr_full: dst[(j // nr_full)
+    * kc * nr_full + k * nr_full + j % nr_full]; the last panel is zero-padded.
+    Positions are grouped in runs along an output row (split at panel
+    boundaries), so for stride 1 each tap's run is one contiguous copy with
+    zero fill at the borders, and one tap's runs read one stretch of memory.
     """
-    cdef Py_ssize_t run_oy[32]
-    cdef Py_ssize_t run_ox[32]
-    cdef Py_ssize_t run_j[32]
-    cdef Py_ssize_t run_len[32]
+    cdef Py_ssize_t run_oy[MAX_RUNS]
+    cdef Py_ssize_t run_ox[MAX_RUNS]
+    cdef Py_ssize_t run_j[MAX_RUNS]
+    cdef Py_ssize_t run_len[MAX_RUNS]
     cdef Py_ssize_t n_runs = 0
+    cdef Py_ssize_t panel_size = kc * nr_full
+    cdef Py_ssize_t tail
     cdef Py_ssize_t j = 0, p, L, q, c, r, ky, kx, t, iy, ix0, lo, hi, i, ix
     cdef Py_ssize_t khw = s.kh * s.kw
     cdef const float* plane
@@ -119,6 +128,8 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
         L = s.W2 - run_ox[n_runs]
         if L > nr - j:
             L = nr - j
+        if L > nr_full - j % nr_full:
+            L = nr_full - j % nr_full
         run_j[n_runs] = j
         run_len[n_runs] = L
         n_runs += 1
@@ -131,7 +142,7 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
         plane = xg + c * s.H * s.W
         row = dst + (q - q0) * nr_full
         for t in range(n_runs):
-            out = row + run_j[t]
+            out = row + (run_j[t] // nr_full) * panel_size + run_j[t] % nr_full
             L = run_len[t]
             iy = run_oy[t] * s.sh - s.pt + ky * s.dh
             if iy < 0 or iy >= s.H:
@@ -153,17 +164,29 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
                 for i in range(hi, L):
                     out[i] = 0.0
             else:
-                for i in range(L):
-                    ix = ix0 + i * s.sw
-                    out[i] = src[ix] if 0 <= ix < s.W else 0.0
-        if nr < nr_full:
-            memset(row + nr, 0, (nr_full - nr) * sizeof(float))
+                # columns i with 0 <= ix0 + i*sw < W
+                lo = 0 if ix0 >= 0 else (-ix0 + s.sw - 1) // s.sw
+                hi = 0 if s.W - 1 - ix0 < 0 else (s.W - 1 - ix0) // s.sw + 1
+                if hi > L:
+                    hi = L
+                if hi < lo:
+                    hi = lo
+                for i in range(lo):
+                    out[i] = 0.0
+                src = src + ix0
+                for i in range(lo, hi):
+                    out[i] = src[i * s.sw]
+                for i in range(hi, L):
+                    out[i] = 0.0
+        tail = nr % nr_full
+        if tail:
+            memset(row + (nr // nr_full) * panel_size + tail, 0, (nr_full - tail) * sizeof(float))
 
 
 cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
-                    cnnrt_gemm_ukernel ukernel, Py_ssize_t NRr,
-                    Py_ssize_t task, Py_ssize_t n_cb, Py_ssize_t n_kchunks,
-                    Py_ssize_t panels_per_chunk) noexcept nogil:
+                    cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_cb,
+                    Py_ssize_t n_kchunks, Py_ssize_t panels_per_chunk) noexcept nogil:
+    """One block of up to MACRO output positions for one range of weight panels."""
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
@@ -175,17 +198,18 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
     cdef Py_ssize_t ng = rest // n_cb
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
-    cdef Py_ssize_t p0 = cb * NRr
-    cdef Py_ssize_t nr = P - p0
+    cdef Py_ssize_t p0 = cb * MACRO
+    cdef Py_ssize_t width = P - p0
     cdef Py_ssize_t panel0 = kchunk * panels_per_chunk
     cdef Py_ssize_t panel1 = panel0 + panels_per_chunk
-    cdef Py_ssize_t q0, kc, panel, m0, mr
+    cdef Py_ssize_t q0, kc, panel, m0, mr, sub, n_sub, nr
     cdef const float* xg = x + (n * s.C + g * Cg) * s.H * s.W
     cdef float* yg = y + (n * s.K + g * Kg) * P
     cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
     cdef const float* bg = s.b + g * Kg if s.b != NULL else NULL
-    if nr > NRr:
-        nr = NRr
+    if width > MACRO:
+        width = MACRO
+    n_sub = (width + CNNRT_NR - 1) // CNNRT_NR
     if panel1 > n_panels:
         panel1 = n_panels
     q0 = 0
@@ -193,30 +217,108 @@ cdef void conv_task(const Step* s, const float* x, float* y, float* pack,
         kc = Q - q0
         if kc > KC:
             kc = KC
-        pack_b_conv(s, xg, pack, q0, kc, p0, nr, NRr)
-        for panel in range(panel0, panel1):
-            m0 = panel * CNNRT_MR
-            mr = Kg - m0
-            if mr > CNNRT_MR:
-                mr = CNNRT_MR
-            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack, yg + m0 * P + p0, P,
-                          mr, nr, bg + m0 if bg != NULL else NULL,
-                          q0 == 0, q0 + kc >= Q, s.act)
+        pack_b_conv(s, xg, pack, q0, kc, p0, width, CNNRT_NR)
+        for sub in range(n_sub):
+            nr = width - sub * CNNRT_NR
+            if nr > CNNRT_NR:
+                nr = CNNRT_NR
+            for panel in range(panel0, panel1):
+                m0 = panel * CNNRT_MR
+                mr = Kg - m0
+                if mr > CNNRT_MR:
+                    mr = CNNRT_MR
+                ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack + sub * kc * CNNRT_NR,
+                        yg + m0 * P + p0 + sub * CNNRT_NR, P, mr, nr,
+                        bg + m0 if bg != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
         q0 += kc
 
 
-cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
+cdef void conv_pack_t(const Step* s, const float* x, float* apack, Py_ssize_t item,
+                      Py_ssize_t n_pp) noexcept nogil:
+    """Pack 8 output positions' taps (all Q of them) as one A panel [Q][8]."""
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    cdef Py_ssize_t pp = item % n_pp
+    cdef Py_ssize_t ng = item // n_pp
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t p0 = pp * CNNRT_MR
+    cdef Py_ssize_t mr = P - p0
+    if mr > CNNRT_MR:
+        mr = CNNRT_MR
+    pack_b_conv(s, x + (n * s.C + g * Cg) * s.H * s.W, apack + item * Q * CNNRT_MR,
+                0, Q, p0, mr, CNNRT_MR)
+
+
+cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
+                      cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_pp,
+                      Py_ssize_t n_kb) noexcept nogil:
+    """Transposed orientation, for few output positions: Y^T[P, K] = X_col^T W^T.
+
+    Vectors run along output channels: the A panels hold 8 output positions
+    (packed for the whole layer by conv_pack_t), the weights were packed at
+    load as B panels of NR channels, and the finished tile is stored
+    transposed with bias and activation.
+    """
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    # positions vary fastest, so consecutive tasks reuse one weight panel
+    cdef Py_ssize_t pp = task % n_pp
+    cdef Py_ssize_t rest = task // n_pp
+    cdef Py_ssize_t kb = rest % n_kb
+    cdef Py_ssize_t ng = rest // n_kb
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t p0 = pp * CNNRT_MR
+    cdef Py_ssize_t mr = P - p0
+    cdef Py_ssize_t nr = Kg - kb * CNNRT_NR
+    cdef const float* a = apack + (ng * n_pp + pp) * Q * CNNRT_MR
+    cdef const float* wb = s.w + (g * n_kb + kb) * Q * CNNRT_NR
+    cdef Py_ssize_t q0 = 0, kc, j, r, k
+    cdef float bv
+    cdef float* dst
+    if mr > CNNRT_MR:
+        mr = CNNRT_MR
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    while q0 < Q:
+        kc = Q - q0
+        if kc > KC:
+            kc = KC
+        ukernel(kc, a + q0 * CNNRT_MR, wb + q0 * CNNRT_NR, tile, CNNRT_NR, CNNRT_MR, CNNRT_NR,
+                NULL, q0 == 0, 0, ACT_NONE)
+        q0 += kc
+    for j in range(nr):
+        k = g * Kg + kb * CNNRT_NR + j
+        bv = s.b[k] if s.b != NULL else 0.0
+        dst = y + (n * s.K + k) * P + p0
+        for r in range(mr):
+            dst[r] = activate(tile[r * CNNRT_NR + j] + bv, s.act)
+
+
+cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
                      Py_ssize_t N, int n_threads) noexcept nogil:
-    """Grouped convolution; ``scratch`` holds one B panel per thread."""
+    """Grouped convolution; ``scratch`` is per-thread space, ``work`` per batch."""
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
     cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel  # one variant for the whole call
-    cdef Py_ssize_t NRr = _gemm.nr
-    cdef Py_ssize_t n_cb = (P + NRr - 1) // NRr
+    cdef Py_ssize_t n_cb = (P + MACRO - 1) // MACRO
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
     cdef Py_ssize_t per_chunk, n_tasks, t
+    if s.flag:  # transposed orientation
+        n_cb = (P + CNNRT_MR - 1) // CNNRT_MR
+        n_panels = (Kg + CNNRT_NR - 1) // CNNRT_NR
+        for t in prange(N * s.groups * n_cb, schedule="static", num_threads=n_threads):
+            conv_pack_t(s, x, work, t, n_cb)
+        n_tasks = N * s.groups * n_cb * n_panels
+        for t in prange(n_tasks, schedule="dynamic", num_threads=n_threads):
+            conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, t, n_cb, n_panels)
+        return
     # Too few column blocks to keep every thread busy: split output channels too.
     if outer < 4 * n_threads:
         n_kchunks = (4 * n_threads + outer - 1) // outer
@@ -225,8 +327,8 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* scratch,
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     n_tasks = outer * n_kchunks
-    for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-        conv_task(s, x, y, scratch + threadid() * PACK_FLOATS, ukernel, NRr,
+    for t in prange(n_tasks, schedule="dynamic", num_threads=n_threads):
+        conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk)
 
 
@@ -362,7 +464,7 @@ cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
         wino_pad_plane(s, x, xp, t)
     for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):
         wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input)
-    for t in prange(36 * n_panels * n_kb, schedule="static", num_threads=n_threads):
+    for t in prange(36 * n_panels * n_kb, schedule="dynamic", num_threads=n_threads):
         wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel)
     for t in prange(NT * n_kchunks, schedule="static", num_threads=n_threads):
         wino_output_task(s, m, y, Tpad, t, n_kchunks, wino.output)
@@ -376,12 +478,36 @@ cdef extern from "f32_dwconv.h":
                                          Py_ssize_t oy, Py_ssize_t W2, float bias, int act,
                                          float* out) noexcept nogil
     cnnrt_dwconv_row_fn cnnrt_dwconv_select(int isa) noexcept nogil
+    ctypedef void (*cnnrt_dwconv_plane_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
+                                           const float* wk, Py_ssize_t kh, Py_ssize_t kw,
+                                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt,
+                                           Py_ssize_t pl, Py_ssize_t pb, Py_ssize_t pr,
+                                           Py_ssize_t H2, Py_ssize_t W2, float bias, int act,
+                                           float* out, float* work) noexcept nogil
+    cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa) noexcept nogil
+    cnnrt_dwconv_plane_fn cnnrt_dwconv_plane2_select(int isa) noexcept nogil
+    Py_ssize_t cnnrt_dwconv_plane2_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
+                                        Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
+    Py_ssize_t cnnrt_dwconv_plane_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
+                                       Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+                                       Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
 
 cdef cnnrt_dwconv_row_fn _dwconv_row = cnnrt_dwconv_select(cnnrt_isa_best())
+cdef cnnrt_dwconv_plane_fn _dwconv_plane = cnnrt_dwconv_plane_select(cnnrt_isa_best())
+cdef cnnrt_dwconv_plane_fn _dwconv_plane2 = cnnrt_dwconv_plane2_select(cnnrt_isa_best())
+
+
+def dwconv_plane_work(stride, H, W, kw, dw, pt, pl, pb, pr, H2):
+    """Private floats a depthwise plane of stride 1 or 2 needs (see f32_dwconv.h)."""
+    if stride == 1:
+        return cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+    return cnnrt_dwconv_plane2_work(H, W, kw, dw, pt, pl, pb, pr, H2)
 
 
 cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
-                          cnnrt_dwconv_row_fn row_fn) noexcept nogil:
+                          cnnrt_dwconv_row_fn row_fn, cnnrt_dwconv_plane_fn plane_fn,
+                          cnnrt_dwconv_plane_fn plane2_fn, float* work) noexcept nogil:
     """One output channel of one image for a convolution with one input channel per group."""
     cdef Py_ssize_t n = item // s.K
     cdef Py_ssize_t k = item % s.K
@@ -391,17 +517,27 @@ cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t it
     cdef float* out = y + item * s.H2 * s.W2
     cdef float bias = s.b[k] if s.b != NULL else 0.0
     cdef Py_ssize_t oy
+    if s.sh == 1 and s.sw == 1:
+        plane_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
+                 s.H2, s.W2, bias, s.act, out, work)
+        return
+    if s.sh == 2 and s.sw == 2:
+        plane2_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
+                  s.H2, s.W2, bias, s.act, out, work)
+        return
     for oy in range(s.H2):
         row_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl,
                oy, s.W2, bias, s.act, out + oy * s.W2)
 
 
-cdef void depthwise2d_f32(const Step* s, const float* x, float* y,
+cdef void depthwise2d_f32(const Step* s, const float* x, float* y, float* pack,
                           Py_ssize_t N, int n_threads) noexcept nogil:
     cdef cnnrt_dwconv_row_fn row_fn = _dwconv_row
+    cdef cnnrt_dwconv_plane_fn plane_fn = _dwconv_plane
+    cdef cnnrt_dwconv_plane_fn plane2_fn = _dwconv_plane2
     cdef Py_ssize_t item
     for item in prange(N * s.K, schedule="static", num_threads=n_threads):
-        depthwise_plane(s, x, y, item, row_fn)
+        depthwise_plane(s, x, y, item, row_fn, plane_fn, plane2_fn, pack + threadid() * s.tstride)
 
 
 cdef void lc_row(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -624,6 +760,8 @@ cdef void add_chunk(const Step* s, float* arena, float* y, Py_ssize_t N,
         b = arena + s.in_off[k] * N
         for i in range(lo, hi):
             y[i] = y[i] + b[i]
+    if s.act != ACT_NONE:
+        activate_row(y + lo, hi - lo, s.act)
 
 
 cdef void add_f32(const Step* s, float* arena, float* y,
@@ -688,11 +826,11 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
     x = arena + s.in_off[0] * N
     y = arena + s.out_off * N
     if s.op == OP_CONV2D:
-        conv2d_f32(s, x, y, pack, N, n_threads)
+        conv2d_f32(s, x, y, work, pack, N, n_threads)
     elif s.op == OP_WINOGRAD3X3:
         winograd_f32(s, x, y, work, N, n_threads)
     elif s.op == OP_DEPTHWISE2D:
-        depthwise2d_f32(s, x, y, N, n_threads)
+        depthwise2d_f32(s, x, y, pack, N, n_threads)
     elif s.op == OP_LOCALLY_CONNECTED2D:
         locally_connected2d_f32(s, x, y, N, n_threads)
     elif s.op == OP_DENSE:
@@ -786,6 +924,7 @@ cdef class Plan:
     cdef list keep
     cdef readonly Py_ssize_t sample_size   # arena floats per sample
     cdef readonly Py_ssize_t scratch_size  # arena floats of work space per sample
+    cdef readonly Py_ssize_t thread_size   # arena floats of private work space per thread
     cdef Py_ssize_t in_off, out_off, out_size
     cdef Py_ssize_t C, H, W
     cdef bint nhwc
@@ -796,13 +935,15 @@ cdef class Plan:
 
     def __init__(self, list steps, Py_ssize_t sample_size, Py_ssize_t scratch_size,
                  Py_ssize_t in_off, tuple input_chw, bint nhwc,
-                 Py_ssize_t out_off, Py_ssize_t out_size):
+                 Py_ssize_t out_off, Py_ssize_t out_size, Py_ssize_t thread_size=0):
         cdef Py_ssize_t i, k
         cdef Step* s
         cdef const Py_ssize_t[::1] offs
         self.keep = []
         self.sample_size = sample_size
         self.scratch_size = scratch_size
+        self.thread_size = max(thread_size, PACK_FLOATS)
+        self.thread_size = (self.thread_size + 15) // 16 * 16
         self.in_off = in_off
         self.C, self.H, self.W = input_chw
         self.nhwc = nhwc
@@ -835,13 +976,14 @@ cdef class Plan:
             s.f1 = d.get("f1", 0.0)
             s.w = _float_ptr(d.get("w"), self.keep)
             s.b = _float_ptr(d.get("b"), self.keep)
+            s.tstride = self.thread_size
 
     def __dealloc__(self):
         free(self.steps)
 
     def arena_size(self, Py_ssize_t n, int n_threads):
         """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
-        return (self.sample_size + self.scratch_size) * n + n_threads * PACK_FLOATS
+        return (self.sample_size + self.scratch_size) * n + n_threads * self.thread_size
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
@@ -950,11 +1092,13 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row, _rows, _wino
+    global _gemm, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
+    _dwconv_plane = cnnrt_dwconv_plane_select(_ISA_CODES[name])
+    _dwconv_plane2 = cnnrt_dwconv_plane2_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
     _wino = cnnrt_wino_select(_ISA_CODES[name])
 

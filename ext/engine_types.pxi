@@ -55,6 +55,7 @@ ctypedef struct Step:
     Py_ssize_t groups
     Py_ssize_t outer, axis, inner # softmax / concat view [outer, axis, inner]
     Py_ssize_t th, tw             # winograd: output tiles down and across
+    Py_ssize_t tstride            # floats of private work space per thread
     int flag                      # avgpool: count_include_pad
     float f0, f1                  # leaky_relu alpha; clip min, max
     const float* w                # weights (or batchnorm scale)

@@ -1,0 +1,159 @@
+"""Every kernel variant against a float64 reference, on the boundaries of its tiling.
+
+The convolution runs as one of several kernels depending on its shape
+(packed GEMM in either orientation, Winograd F(4x4,3x3), depthwise planes of
+stride 1 or 2, depthwise rows), and each with the scalar, AVX2 or AVX-512
+micro-kernels.  These tests force each variant and sweep sizes equal to,
+below, above and multiples of the tile sizes (MR=8 channels, NR=32
+positions, 128-position blocks, 256-tap blocks, 4x4 Winograd tiles).
+"""
+import numpy as np
+import pytest
+
+import cnnrt
+from cnnrt import _engine
+from cnnrt import model as model_mod
+from cnnrt.format import Graph, node
+
+ISAS = [isa for isa in ("scalar", "avx2", "avx512") if _engine.isa_supported(isa)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _engine.get_isa()
+    _engine.set_isa(request.param)
+    yield request.param
+    _engine.set_isa(before)
+
+
+def conv_reference(x, w, b, stride, pad, dil, groups, act="none"):
+    """Direct float64 cross-correlation with zero padding (NCHW)."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    n, c, h, wd = x.shape
+    k, cg, kh, kw = w.shape
+    pt, pl, pb, pr = pad
+    sh, sw = stride
+    dh, dw = dil
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    h2 = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    w2 = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, k, h2, w2))
+    kg = k // groups
+    for g in range(groups):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xs[:, :, ky * dh:ky * dh + sh * (h2 - 1) + 1:sh,
+                           kx * dw:kx * dw + sw * (w2 - 1) + 1:sw]
+                out[:, g * kg:(g + 1) * kg] += np.einsum(
+                    "nchw,kc->nkhw", patch, w[g * kg:(g + 1) * kg, :, ky, kx])
+    if b is not None:
+        out += b.astype(np.float64)[None, :, None, None]
+    if act == "relu":
+        out = np.maximum(out, 0)
+    elif act == "relu6":
+        out = np.clip(out, 0, 6)
+    elif act == "sigmoid":
+        out = 1 / (1 + np.exp(-out))
+    elif act == "tanh":
+        out = np.tanh(out)
+    return out
+
+
+def conv_model(c, h, w, k, kernel, stride=1, pad=0, dil=1, groups=1, act="none",
+               bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    kh, kw = (kernel, kernel) if np.isscalar(kernel) else kernel
+    pad = (pad,) * 4 if np.isscalar(pad) else tuple(pad)
+    weight = (rng.standard_normal((k, c // groups, kh, kw)) / np.sqrt(c // groups * kh * kw)
+              ).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    graph = Graph([node("conv2d", "conv", ["input"], "output",
+                        {"weight": weight, "bias": b}, kernel=(kh, kw),
+                        stride=(stride, stride), padding=pad, dilation=(dil, dil),
+                        groups=groups, activation=act)],
+                  input_shape=(c, h, w))
+    return graph, weight, b, pad
+
+
+def check(graph, weight, b, pad, batch=2, seed=1, rtol=1e-4):
+    node_ = graph.nodes[0]
+    m = cnnrt.Model(graph, threads=2)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch,) + tuple(graph.input_shape)).astype(np.float32)
+    got = m.predict(x)
+    ref = conv_reference(x, weight, b, node_.attrs["stride"], pad, node_.attrs["dilation"],
+                         node_.attrs["groups"], node_.attrs["activation"])
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(1.0, np.abs(ref).max()))
+    # the same bits for any thread count, and for a sample alone or in a batch
+    assert np.array_equal(m.predict(x, threads=1), got)
+    assert np.array_equal(m.predict(x[-1:])[0], got[-1])
+    return m
+
+
+# GEMM: output channels around MR=8, positions around NR=32 and the
+# 128-position block, taps around the 256-tap block.
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 33])
+@pytest.mark.parametrize("hw", [(4, 8), (5, 7), (8, 16), (11, 12), (9, 29)])
+def test_gemm_conv_tile_edges(isa, monkeypatch, k, hw):
+    monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    graph, w, b, pad = conv_model(3, hw[0], hw[1], k, 3, pad=1, act="relu")
+    check(graph, w, b, pad)
+
+
+@pytest.mark.parametrize("c,kernel", [(28, 3), (29, 3), (64, 2), (257, 1), (300, 1)])
+def test_gemm_conv_tap_blocks(isa, monkeypatch, c, kernel):
+    """Q = C*kh*kw below, at and above one 256-tap block, and several blocks."""
+    monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    graph, w, b, pad = conv_model(c, 6, 7, 10, kernel, pad=kernel // 2)
+    check(graph, w, b, pad)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("shape", [
+    dict(c=16, h=7, w=7, k=40, kernel=1),
+    dict(c=8, h=5, w=6, k=70, kernel=3, stride=2, pad=(1, 0, 2, 1)),
+    dict(c=12, h=9, w=9, k=33, kernel=3, dil=2, pad=2, groups=3),
+    dict(c=10, h=4, w=3, k=8, kernel=(2, 3), act="tanh", bias=False),
+])
+def test_gemm_conv_both_orientations(isa, monkeypatch, transposed, shape):
+    monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    monkeypatch.setattr(model_mod, "conv_transposed", lambda p, k: transposed)
+    graph, w, b, pad = conv_model(**shape)
+    m = check(graph, w, b, pad, batch=3)
+    assert m._plan_ops == ["conv2d"]
+
+
+@pytest.mark.parametrize("c,k,h,w,pad", [
+    (16, 16, 4, 4, 1), (17, 31, 5, 9, (0, 1, 2, 1)), (24, 40, 13, 11, 1),
+    (32, 8, 8, 8, (2, 0, 0, 2)), (300, 33, 6, 7, 1),
+])
+@pytest.mark.parametrize("act", ["none", "relu6"])
+def test_winograd(isa, c, k, h, w, pad, act):
+    graph, wt, b, pad = conv_model(c, h, w, k, 3, pad=pad, act=act)
+    m = check(graph, wt, b, pad, batch=3)
+    assert m._plan_ops == (["winograd3x3"] if k >= 16 else ["conv2d"])
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("case", [
+    dict(c=5, h=13, w=11, kernel=3, pad=1),
+    dict(c=4, h=12, w=17, kernel=5, pad=(2, 1, 0, 2)),
+    dict(c=3, h=9, w=9, kernel=3, pad=(0, 2, 1, 0), dil=2),
+    dict(c=6, h=2, w=3, kernel=(1, 3), pad=(0, 1, 0, 1)),
+])
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise(isa, stride, case, mult):
+    case = dict(case)
+    c = case.pop("c")
+    graph, w, b, pad = conv_model(c, k=c * mult, groups=c, stride=stride, act="relu", **case)
+    m = check(graph, w, b, pad, batch=2)
+    assert m._plan_ops == ["depthwise2d"]
+
+
+def test_variant_switch_is_checked():
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        cnnrt.set_isa("sse9")
+    assert cnnrt.get_isa() in ISAS
