@@ -60,6 +60,13 @@ cdef extern from "train_gemm.h" nogil:
                         const float* b, ptrdiff_t brs, ptrdiff_t bcs,
                         float* c, size_t ldc, int accumulate, const float* bias,
                         float* work)
+    void cnnrt_tr_sgemm_im2col(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                               const float* a, ptrdiff_t ars, ptrdiff_t acs, int transposed,
+                               const float* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t H2,
+                               ptrdiff_t W2, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                               ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t dh,
+                               ptrdiff_t dw, float* c, size_t ldc, int accumulate,
+                               const float* bias, float* work)
     void cnnrt_tr_dgemm(size_t M, size_t N, size_t K,
                         const double* a, ptrdiff_t ars, ptrdiff_t acs,
                         const double* b, ptrdiff_t brs, ptrdiff_t bcs,
@@ -325,6 +332,11 @@ cdef void conv_forward_sample(const ConvGeom* g, const real* x, const real* w, c
         if g.direct:
             gemm(g.Kg, g.P, g.Q, w + grp * g.Kg * g.Q, g.Q, 1, xg, g.P, 1,
                  y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
+        elif real is float:
+            # float32: the GEMM packs im2col panels straight from the image.
+            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.P, g.Q, w + grp * g.Kg * g.Q, g.Q, 1, 0,
+                                  xg, g.H, g.W, g.H2, g.W2, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl,
+                                  g.dh, g.dw, y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
         else:
             im2col(xg, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                    g.H2, g.W2, col)
@@ -394,6 +406,10 @@ cdef void conv_backward_sample(const ConvGeom* g, const real* x, const real* w, 
         if g.direct:
             gemm(g.Kg, g.Q, g.P, dyg, g.P, 1, xg, 1, g.P,
                  dw + grp * g.Kg * g.Q, g.Q, 1, <const real*>NULL, work)
+        elif real is float:
+            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.Q, g.P, dyg, g.P, 1, 1,
+                                  xg, g.H, g.W, g.H2, g.W2, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl,
+                                  g.dh, g.dw, dw + grp * g.Kg * g.Q, g.Q, 1, NULL, work)
         else:
             im2col(xg, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                    g.H2, g.W2, col)
@@ -582,21 +598,30 @@ cdef inline Py_ssize_t win_hi(Py_ssize_t o, Py_ssize_t s, Py_ssize_t pad, Py_ssi
 
 
 cdef void maxpool_plane(const PoolGeom* g, const real* x, real* y, int32_t* idx) noexcept nogil:
-    cdef Py_ssize_t oh, ow, i, j, ilo, ihi, jlo, jhi, best
-    cdef real m
+    # Branch-free selects: the loads are unconditional, so the compiler can
+    # use conditional moves instead of unpredictable branches.
+    cdef Py_ssize_t oh, ow, i, j, ilo, ihi, jlo, jhi, best, k
+    cdef real m, v
+    cdef bint take
     for oh in range(g.H2):
         ilo = win_lo(oh, g.sh, g.pt)
         ihi = win_hi(oh, g.sh, g.pt, g.kh, g.H)
         for ow in range(g.W2):
             jlo = win_lo(ow, g.sw, g.pl)
             jhi = win_hi(ow, g.sw, g.pl, g.kw, g.W)
-            best = -1
-            m = 0
+            if ilo >= ihi or jlo >= jhi:
+                y[oh * g.W2 + ow] = 0
+                idx[oh * g.W2 + ow] = -1
+                continue
+            best = ilo * g.W + jlo
+            m = x[best]
             for i in range(ilo, ihi):
                 for j in range(jlo, jhi):
-                    if best < 0 or x[i * g.W + j] > m:
-                        m = x[i * g.W + j]
-                        best = i * g.W + j
+                    k = i * g.W + j
+                    v = x[k]
+                    take = v > m
+                    best = k if take else best
+                    m = v if take else m
             y[oh * g.W2 + ow] = m
             idx[oh * g.W2 + ow] = <int32_t>best
 
@@ -744,8 +769,10 @@ def relu_backward(const real[::1] y, const real[::1] dy, real[::1] dx, int n_thr
     if dy.shape[0] != n or dx.shape[0] != n:
         raise ValueError("relu_backward: sizes differ")
     cdef int nt = _threads(n_threads)
+    cdef real g
     for i in prange(n, schedule="static", num_threads=nt, nogil=True):
-        dx[i] = dy[i] if y[i] > 0 else 0
+        g = dy[i]  # loaded unconditionally: a select, not a branch
+        dx[i] = g if y[i] > 0 else 0
 
 
 cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:
@@ -777,8 +804,10 @@ def dropout_apply(const real[::1] x, const uint8_t[::1] mask, double scale, real
         raise ValueError("dropout: sizes differ")
     cdef int nt = _threads(n_threads)
     cdef real s = <real>scale
+    cdef real v
     for i in prange(n, schedule="static", num_threads=nt, nogil=True):
-        y[i] = x[i] * s if mask[i] else 0
+        v = x[i] * s
+        y[i] = v if mask[i] else 0
 
 
 # ==========================================================================
@@ -1008,9 +1037,10 @@ def adam_update(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v,
 
 def shift_flip(const real[:, :, :, ::1] x, const int32_t[:, ::1] shifts, const uint8_t[::1] flips,
                real[:, :, :, ::1] y, int n_threads=0):
-    """y[n, c, i, j] = x[n, c, clamp(i - dy), clamp(j' - dx)], j' = W-1-j when flipped.
+    """y = x shifted by shifts[n] = (dy, dx) pixels, after a horizontal mirror when flips[n]:
+    y[n, c, i, j] = m[n, c, clamp(i - dy), clamp(j - dx)], m = x or x[..., ::-1].
 
-    shifts[n] = (dy, dx); edge pixels are repeated into the uncovered border."""
+    Edge pixels are repeated into the uncovered border."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     if ((y.shape[0], y.shape[1], y.shape[2], y.shape[3]) != (x.shape[0], x.shape[1], x.shape[2], x.shape[3]) or shifts.shape[0] != N or shifts.shape[1] != 2
             or flips.shape[0] != N):
@@ -1024,7 +1054,7 @@ def shift_flip(const real[:, :, :, ::1] x, const int32_t[:, ::1] shifts, const u
             si = i - shifts[n, 0]
             si = 0 if si < 0 else (H - 1 if si >= H else si)
             for j in range(W):
-                sj = (W - 1 - j) if flips[n] else j
-                sj = sj - shifts[n, 1]
+                sj = j - shifts[n, 1]
                 sj = 0 if sj < 0 else (W - 1 if sj >= W else sj)
+                sj = (W - 1 - sj) if flips[n] else sj
                 y[n, c, i, j] = x[n, c, si, sj]

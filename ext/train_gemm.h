@@ -94,11 +94,141 @@ static void cnnrt_tr_pack_a(const float *a, ptrdiff_t ars, ptrdiff_t acs,
             dst[k * CNNRT_MR + r] = 0.0f;
 }
 
-static void cnnrt_tr_sgemm(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
-                           const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                           const float *b, ptrdiff_t brs, ptrdiff_t bcs,
-                           float *c, size_t ldc, int accumulate, const float *bias,
-                           float *work)
+/* ------------------------------------------------------------ B sources */
+
+/* Where the B operand comes from.  STRIDED: any strided matrix.  IM2COL:
+ * the im2col matrix of one image (group) without materialising it,
+ * B(q, p) = x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] (0 in the padding)
+ * for tap q = (c*kh + i)*kw + j and output position p = oh*W2 + ow, as the
+ * forward pass reads it.  IM2COL_T: its transpose, B(p, q), as the weight
+ * gradient reads it.  Packing straight from the image saves a pass over
+ * the (kh*kw times larger) im2col matrix. */
+enum { CNNRT_TR_B_STRIDED = 0, CNNRT_TR_B_IM2COL = 1, CNNRT_TR_B_IM2COL_T = 2 };
+
+typedef struct {
+    int kind;
+    const float *b;
+    ptrdiff_t brs, bcs;
+    const float *x;
+    ptrdiff_t H, W, H2, W2, kh, kw, sh, sw, pt, pl, dh, dw;
+} cnnrt_tr_bsrc;
+
+/* Outputs o in [*lo, *hi) read input index o*s + off inside [0, size). */
+static inline void cnnrt_tr_valid(ptrdiff_t off, ptrdiff_t s, ptrdiff_t size, ptrdiff_t n,
+                                  ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t a = off >= 0 ? 0 : (-off + s - 1) / s;
+    ptrdiff_t b = size - 1 - off < 0 ? 0 : (size - 1 - off) / s + 1;
+    if (a > n) a = n;
+    if (b > n) b = n;
+    if (b < a) b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* Write `count` values of tap (c, i, j) for consecutive output positions
+ * starting at (oh, ow) to dst[0], dst[step], ...; off = j*dw - pl and
+ * [lo, hi) the output columns whose input column is inside the image. */
+static inline void cnnrt_tr_tap_run(const cnnrt_tr_bsrc *s, ptrdiff_t c, ptrdiff_t i,
+                                    ptrdiff_t off, ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t oh,
+                                    ptrdiff_t ow, ptrdiff_t count, float *dst, ptrdiff_t step)
+{
+    ptrdiff_t o;
+    while (count > 0) {
+        const ptrdiff_t seg = count < s->W2 - ow ? count : s->W2 - ow;
+        const ptrdiff_t end = ow + seg;
+        const ptrdiff_t ih = oh * s->sh - s->pt + i * s->dh;
+        if (ih < 0 || ih >= s->H) {
+            for (o = ow; o < end; o++, dst += step)
+                *dst = 0.0f;
+        } else {
+            const float *row = s->x + (c * s->H + ih) * s->W + off;
+            const ptrdiff_t a = lo > ow ? (lo < end ? lo : end) : ow;
+            const ptrdiff_t b = hi < end ? (hi > a ? hi : a) : end;
+            for (o = ow; o < a; o++, dst += step)
+                *dst = 0.0f;
+            if (s->sw == 1)
+                for (; o < b; o++, dst += step)
+                    *dst = row[o];
+            else
+                for (; o < b; o++, dst += step)
+                    *dst = row[o * s->sw];
+            for (; o < end; o++, dst += step)
+                *dst = 0.0f;
+        }
+        count -= seg;
+        ow = 0;
+        oh++;
+    }
+}
+
+#define CNNRT_TR_MAX_KW 64
+
+static void cnnrt_tr_pack_bsrc(const cnnrt_tr_bsrc *s, size_t pc, size_t kc, size_t jc,
+                               size_t nc, float *dst)
+{
+    size_t jp, j, k;
+    ptrdiff_t lo[CNNRT_TR_MAX_KW], hi[CNNRT_TR_MAX_KW], t;
+    const ptrdiff_t khw = s->kh * s->kw;
+    if (s->kind == CNNRT_TR_B_STRIDED) {
+        cnnrt_tr_pack_b(s->b, s->brs, s->bcs, pc, kc, jc, nc, dst);
+        return;
+    }
+    if (s->kw <= CNNRT_TR_MAX_KW)
+        for (t = 0; t < s->kw; t++)
+            cnnrt_tr_valid(t * s->dw - s->pl, s->sw, s->W, s->W2, &lo[t], &hi[t]);
+    for (jp = 0; jp < nc; jp += CNNRT_NR) {
+        const size_t nr = nc - jp < CNNRT_NR ? nc - jp : CNNRT_NR;
+        float *d = dst + jp * kc;
+        if (s->kind == CNNRT_TR_B_IM2COL) {
+            /* row k = tap pc + k, columns = positions jc + jp .. jc + jp + nr */
+            const ptrdiff_t p0 = (ptrdiff_t)(jc + jp);
+            const ptrdiff_t oh0 = p0 / s->W2, ow0 = p0 % s->W2;
+            ptrdiff_t q = (ptrdiff_t)pc;
+            ptrdiff_t c = q / khw, i = (q % khw) / s->kw, jj = q % s->kw;
+            for (k = 0; k < kc; k++) {
+                ptrdiff_t l, h;
+                const ptrdiff_t off = jj * s->dw - s->pl;
+                if (s->kw <= CNNRT_TR_MAX_KW) {
+                    l = lo[jj];
+                    h = hi[jj];
+                } else {
+                    cnnrt_tr_valid(off, s->sw, s->W, s->W2, &l, &h);
+                }
+                cnnrt_tr_tap_run(s, c, i, off, l, h, oh0, ow0, (ptrdiff_t)nr, d + k * CNNRT_NR, 1);
+                for (j = nr; j < CNNRT_NR; j++)
+                    d[k * CNNRT_NR + j] = 0.0f;
+                if (++jj == s->kw) {
+                    jj = 0;
+                    if (++i == s->kh) {
+                        i = 0;
+                        c++;
+                    }
+                }
+            }
+        } else {
+            /* row k = position pc + k, column j = tap jc + jp + j */
+            const ptrdiff_t oh0 = (ptrdiff_t)pc / s->W2, ow0 = (ptrdiff_t)pc % s->W2;
+            for (j = 0; j < nr; j++) {
+                const ptrdiff_t q = (ptrdiff_t)(jc + jp + j);
+                const ptrdiff_t c = q / khw, i = (q % khw) / s->kw, jj = q % s->kw;
+                const ptrdiff_t off = jj * s->dw - s->pl;
+                ptrdiff_t l, h;
+                cnnrt_tr_valid(off, s->sw, s->W, s->W2, &l, &h);
+                cnnrt_tr_tap_run(s, c, i, off, l, h, oh0, ow0, (ptrdiff_t)kc, d + j, CNNRT_NR);
+            }
+            for (k = 0; k < kc; k++)
+                for (j = nr; j < CNNRT_NR; j++)
+                    d[k * CNNRT_NR + j] = 0.0f;
+        }
+    }
+}
+
+static void cnnrt_tr_sgemm_src(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                               const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                               const cnnrt_tr_bsrc *bs,
+                               float *c, size_t ldc, int accumulate, const float *bias,
+                               float *work)
 {
     float *bp = work;
     float *ap = work + (size_t)TR_KC * TR_NC;
@@ -117,7 +247,7 @@ static void cnnrt_tr_sgemm(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
             const size_t kc = K - pc < TR_KC ? K - pc : TR_KC;
             const int first = (pc == 0) && !accumulate;
             const int last = (pc + kc == K);
-            cnnrt_tr_pack_b(b, brs, bcs, pc, kc, jc, nc, bp);
+            cnnrt_tr_pack_bsrc(bs, pc, kc, jc, nc, bp);
             for (i = 0; i < M; i += CNNRT_MR) {
                 const size_t mr = M - i < CNNRT_MR ? M - i : CNNRT_MR;
                 cnnrt_tr_pack_a(a, ars, acs, i, mr, pc, kc, ap);
@@ -129,6 +259,41 @@ static void cnnrt_tr_sgemm(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
             }
         }
     }
+}
+
+static void cnnrt_tr_sgemm(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                           const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                           const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                           float *c, size_t ldc, int accumulate, const float *bias,
+                           float *work)
+{
+    cnnrt_tr_bsrc bs;
+    memset(&bs, 0, sizeof(bs));
+    bs.kind = CNNRT_TR_B_STRIDED;
+    bs.b = b;
+    bs.brs = brs;
+    bs.bcs = bcs;
+    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, &bs, c, ldc, accumulate, bias, work);
+}
+
+/* Y[M, P] (+)= A @ im2col(x) (transposed = 0), or C[M, Q] (+)= A @ im2col(x)^T
+ * (transposed = 1), for one image (group) x of Cg x H x W. */
+static void cnnrt_tr_sgemm_im2col(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                                  const float *a, ptrdiff_t ars, ptrdiff_t acs, int transposed,
+                                  const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t H2,
+                                  ptrdiff_t W2, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                  ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t dh,
+                                  ptrdiff_t dw, float *c, size_t ldc, int accumulate,
+                                  const float *bias, float *work)
+{
+    cnnrt_tr_bsrc bs;
+    memset(&bs, 0, sizeof(bs));
+    bs.kind = transposed ? CNNRT_TR_B_IM2COL_T : CNNRT_TR_B_IM2COL;
+    bs.x = x;
+    bs.H = H; bs.W = W; bs.H2 = H2; bs.W2 = W2;
+    bs.kh = kh; bs.kw = kw; bs.sh = sh; bs.sw = sw;
+    bs.pt = pt; bs.pl = pl; bs.dh = dh; bs.dw = dw;
+    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, &bs, c, ldc, accumulate, bias, work);
 }
 
 static void cnnrt_tr_dgemm(size_t M, size_t N, size_t K,
