@@ -108,6 +108,7 @@ class Layer:
         self.out_shape = None
         self.dtype = np.float32
         self.threads = 0
+        self._bufs = {}
 
     # -- construction -------------------------------------------------------
     def build(self, in_shape, dtype, rng) -> Tuple[int, ...]:
@@ -130,8 +131,20 @@ class Layer:
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
 
-    def _empty(self, shape):
-        return np.empty(shape, dtype=self.dtype)
+    def _empty(self, shape, key="out", dtype=None):
+        """A work array of this shape, reused from call to call.
+
+        Reusing buffers (one per role and shape) avoids the page faults of
+        fresh large allocations on every step.  An array returned by forward
+        stays valid until the next forward pass of the same layer."""
+        dtype = np.dtype(dtype or self.dtype)
+        k = (key, tuple(shape), dtype.char)
+        buf = self._bufs.get(k)
+        if buf is None:
+            if len(self._bufs) > 32:
+                self._bufs.clear()
+            buf = self._bufs[k] = np.empty(shape, dtype=dtype)
+        return buf
 
     def n_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -225,7 +238,7 @@ class Conv2d(Layer):
 
     def backward(self, dy, need_dx=True):
         x = self._x
-        dx = self._empty(x.shape) if need_dx else self._empty((0, 0, 0, 0))
+        dx = self._empty(x.shape, "grad") if need_dx else self._empty((0, 0, 0, 0), "grad")
         db = self.grads["bias"] if self.use_bias else np.empty(self.filters, dtype=self.dtype)
         K.conv2d_backward(x, self.params["weight"], dy, dx, self.grads["weight"], db,
                           self.stride, self.padding, self.dilation, self.groups, need_dx,
@@ -271,7 +284,7 @@ class Dense(Layer):
 
     def backward(self, dy, need_dx=True):
         x2 = self._x
-        dx = self._empty(x2.shape) if need_dx else self._empty((0, 0))
+        dx = self._empty(x2.shape, "grad") if need_dx else self._empty((0, 0), "grad")
         db = self.grads["bias"] if self.use_bias else np.empty(self.units, dtype=self.dtype)
         K.dense_backward(x2, self.params["weight"], dy, dx, self.grads["weight"], db, need_dx,
                          self.threads)
@@ -316,7 +329,7 @@ class MaxPool2d(_Pool):
     def forward(self, x, training=False):
         n = x.shape[0]
         y = self._empty((n,) + self.out_shape)
-        self._idx = np.empty((n,) + self.out_shape, dtype=np.int32)
+        self._idx = self._empty((n,) + self.out_shape, "index", np.int32)
         K.maxpool2d_forward(x, y, self._idx, self.kernel, self.stride, self.padding, self.threads)
         self._n = n
         return y
@@ -324,7 +337,7 @@ class MaxPool2d(_Pool):
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        dx = self._empty((self._n,) + self.in_shape)
+        dx = self._empty((self._n,) + self.in_shape, "grad")
         K.maxpool2d_backward(dy, self._idx, dx, self.threads)
         return dx
 
@@ -352,7 +365,7 @@ class AvgPool2d(_Pool):
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        dx = self._empty((self._n,) + self.in_shape)
+        dx = self._empty((self._n,) + self.in_shape, "grad")
         K.avgpool2d_backward(dy, dx, self.kernel, self.stride, self.padding,
                              self.count_include_pad, self.threads)
         return dx
@@ -374,7 +387,7 @@ class ReLU(Layer):
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        dx = self._empty(dy.shape)
+        dx = self._empty(dy.shape, "grad")
         K.relu_backward(self._y.reshape(-1), dy.reshape(-1), dx.reshape(-1), self.threads)
         return dx
 
@@ -403,7 +416,7 @@ class Dropout(Layer):
         self._active = training and self.rate > 0
         if not self._active:
             return x
-        self._mask = np.empty(x.size, dtype=np.uint8)
+        self._mask = self._empty((x.size,), "mask", np.uint8)
         K.dropout_mask(self.seed, self.rate, self._mask, self.threads)
         y = self._empty(x.shape)
         K.dropout_apply(x.reshape(-1), self._mask, 1.0 / (1.0 - self.rate), y.reshape(-1),
@@ -415,7 +428,7 @@ class Dropout(Layer):
             return None
         if not self._active:
             return dy
-        dx = self._empty(dy.shape)
+        dx = self._empty(dy.shape, "grad")
         K.dropout_apply(dy.reshape(-1), self._mask, 1.0 / (1.0 - self.rate), dx.reshape(-1),
                         self.threads)
         return dx
@@ -482,7 +495,7 @@ class BatchNorm2d(Layer):
 
     def backward(self, dy, need_dx=True):
         dy3 = self._view(dy)
-        dx = self._empty(dy.shape)
+        dx = self._empty(dy.shape, "grad")
         if self._training:
             K.batchnorm_backward_train(self._x, dy3, self.params["gamma"], self._mean,
                                        self._invstd, self._view(dx), self.grads["gamma"],
