@@ -9,11 +9,12 @@ matching specialisation.  Conventions, as in the inference engine:
 * arguments are inputs first, then preallocated outputs, then the thread
   count; Python allocates, kernels only fill;
 * tensors are C-contiguous NCHW (or [N, F] for feature vectors);
-* work is split over samples, channels or output elements with
-  ``prange(schedule='static')``; sums over the batch (weight gradients) are
+* work is split over samples, channels or output elements with ``prange``
+  (dynamic scheduling for the per-sample convolution work, so a thread on a
+  busy core holds up little); sums over the batch (weight gradients) are
   accumulated into a fixed number of partial buffers (``PARTIALS``,
-  independent of the thread count) and added in a fixed order, so a training
-  run gives the same numbers whatever the number of threads.
+  independent of the thread count) and added in a fixed order, so a
+  training run gives the same numbers whatever the number of threads.
 
 Convolutions are ``im2col`` plus GEMM.  In float32 the GEMM packs its
 operands for the runtime's SIMD micro-kernels (ext/f32_gemm.h, via
@@ -370,7 +371,7 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const
     with nogil, parallel(num_threads=nt):
         col = <real*>malloc(g.Q * g.P * sizeof(real))
         work = <float*>malloc(cnnrt_tr_gemm_work() * sizeof(float))
-        for n in prange(g.N, schedule="static"):
+        for n in prange(g.N, schedule="dynamic"):
             if col == NULL or work == NULL:
                 failed[0] = 1
                 continue
@@ -484,7 +485,7 @@ def conv2d_backward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
     with nogil, parallel(num_threads=nt):
         col = <real*>malloc(g.Q * g.P * sizeof(real))
         work = <float*>malloc(cnnrt_tr_gemm_work() * sizeof(float))
-        for p in prange(n_parts, schedule="static"):
+        for p in prange(n_parts, schedule="dynamic"):
             if col == NULL or work == NULL:
                 failed[0] = 1
                 continue

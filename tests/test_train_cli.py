@@ -133,3 +133,19 @@ def test_digits_one_epoch(tmp_path, capsys):
     assert g.labels == [str(i) for i in range(10)]
     assert g.preprocess["invert"] == 1 and list(g.preprocess["resize"]) == [16, 16]
     assert "digits" in g.meta["dataset"] and g.meta["val_samples"] == 359
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_shipped_digits_model(capsys, digit):
+    """models/digits.h5 (trained by cnnrt.train) reads its held-out samples right."""
+    model = os.path.join(REPO, "models", "digits.h5")
+    sample = os.path.join(REPO, "models", "samples", f"digit_{digit}.png")
+    code = main_run([model, sample])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{sample}: {digit} (probability ")
+    g = read_model(model)
+    assert g.producer.startswith("cnnrt.train") and g.meta["val_accuracy"] >= 0.97
