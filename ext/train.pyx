@@ -61,8 +61,16 @@ cdef extern from "train_gemm.h" nogil:
                         const float* b, ptrdiff_t brs, ptrdiff_t bcs,
                         float* c, size_t ldc, int accumulate, const float* bias,
                         float* work)
+    size_t cnnrt_tr_packed_a_size(size_t M, size_t K)
+    void cnnrt_tr_pack_a_all(const float* a, ptrdiff_t ars, ptrdiff_t acs, size_t M, size_t K,
+                             float* dst)
+    void cnnrt_tr_sgemm_apacked(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                                const float* apacked, const float* b, ptrdiff_t brs,
+                                ptrdiff_t bcs, float* c, size_t ldc, int accumulate,
+                                const float* bias, float* work)
     void cnnrt_tr_sgemm_im2col(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
-                               const float* a, ptrdiff_t ars, ptrdiff_t acs, int transposed,
+                               const float* a, ptrdiff_t ars, ptrdiff_t acs,
+                               const float* apacked, int transposed,
                                const float* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t H2,
                                ptrdiff_t W2, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
                                ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t dh,
@@ -292,6 +300,9 @@ cdef struct ConvGeom:
     Py_ssize_t N, C, H, W, K, H2, W2, kh, kw, sh, sw, pt, pl, dh, dw, groups
     Py_ssize_t Cg, Kg, Q, P      # per group: in/out channels, taps Cg*kh*kw, positions H2*W2
     bint direct                  # 1x1, stride 1, no padding: x is its own im2col
+    const float* wpk             # float32: W_g packed once per call (NULL: pack per sample)
+    const float* wtpk            # float32: W_g^T packed once per call (input gradient)
+    Py_ssize_t pk, tpk           # floats per group of wpk, wtpk
 
 
 cdef ConvGeom conv_geom(tuple xs, tuple ws, tuple ys, stride, padding, dilation, int groups) except *:
@@ -321,7 +332,30 @@ cdef ConvGeom conv_geom(tuple xs, tuple ws, tuple ys, stride, padding, dilation,
     g.P = g.H2 * g.W2
     g.direct = (g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1
                 and g.pt == 0 and g.pl == 0 and g.H2 == g.H and g.W2 == g.W)
+    g.wpk = NULL
+    g.wtpk = NULL
+    g.pk = cnnrt_tr_packed_a_size(g.Kg, g.Q)
+    g.tpk = cnnrt_tr_packed_a_size(g.Q, g.Kg)
     return g
+
+
+cdef object pack_weights(ConvGeom* g, const float* w, bint transposed):
+    """The weights of every group packed as GEMM A panels (kept alive by the caller)."""
+    cdef Py_ssize_t size = g.tpk if transposed else g.pk
+    cdef float[::1] buf = np.empty(max(1, g.groups * size), dtype=np.float32)
+    cdef float* out = &buf[0]
+    cdef Py_ssize_t grp
+    with nogil:
+        for grp in range(g.groups):
+            if transposed:
+                cnnrt_tr_pack_a_all(w + grp * g.Kg * g.Q, 1, g.Q, g.Q, g.Kg, out + grp * size)
+            else:
+                cnnrt_tr_pack_a_all(w + grp * g.Kg * g.Q, g.Q, 1, g.Kg, g.Q, out + grp * size)
+    if transposed:
+        g.wtpk = out
+    else:
+        g.wpk = out
+    return buf
 
 
 cdef void conv_forward_sample(const ConvGeom* g, const real* x, const real* w, const real* b,
@@ -330,14 +364,18 @@ cdef void conv_forward_sample(const ConvGeom* g, const real* x, const real* w, c
     cdef const real* xg
     for grp in range(g.groups):
         xg = x + grp * g.Cg * g.H * g.W
-        if g.direct:
-            gemm(g.Kg, g.P, g.Q, w + grp * g.Kg * g.Q, g.Q, 1, xg, g.P, 1,
-                 y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
+        if real is float and g.direct:
+            cnnrt_tr_sgemm_apacked(_gemm.ukernel, g.Kg, g.P, g.Q, g.wpk + grp * g.pk, xg, g.P, 1,
+                                   y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
         elif real is float:
             # float32: the GEMM packs im2col panels straight from the image.
-            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.P, g.Q, w + grp * g.Kg * g.Q, g.Q, 1, 0,
-                                  xg, g.H, g.W, g.H2, g.W2, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl,
-                                  g.dh, g.dw, y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
+            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.P, g.Q, NULL, 0, 0, g.wpk + grp * g.pk,
+                                  0, xg, g.H, g.W, g.H2, g.W2, g.kh, g.kw, g.sh, g.sw, g.pt,
+                                  g.pl, g.dh, g.dw, y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg,
+                                  work)
+        elif g.direct:
+            gemm(g.Kg, g.P, g.Q, w + grp * g.Kg * g.Q, g.Q, 1, xg, g.P, 1,
+                 y + grp * g.Kg * g.P, g.P, 0, b + grp * g.Kg, work)
         else:
             im2col(xg, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                    g.H2, g.W2, col)
@@ -366,6 +404,9 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const
     cdef const real* wp = &w[0, 0, 0, 0]
     cdef const real* bp = &b[0]
     cdef real* yp = &y[0, 0, 0, 0]
+    keep = None
+    if real is float:
+        keep = pack_weights(&g, wp, False)
     col = NULL
     work = NULL
     with nogil, parallel(num_threads=nt):
@@ -408,7 +449,7 @@ cdef void conv_backward_sample(const ConvGeom* g, const real* x, const real* w, 
             gemm(g.Kg, g.Q, g.P, dyg, g.P, 1, xg, 1, g.P,
                  dw + grp * g.Kg * g.Q, g.Q, 1, <const real*>NULL, work)
         elif real is float:
-            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.Q, g.P, dyg, g.P, 1, 1,
+            cnnrt_tr_sgemm_im2col(_gemm.ukernel, g.Kg, g.Q, g.P, dyg, g.P, 1, NULL, 1,
                                   xg, g.H, g.W, g.H2, g.W2, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl,
                                   g.dh, g.dw, dw + grp * g.Kg * g.Q, g.Q, 1, NULL, work)
         else:
@@ -419,7 +460,15 @@ cdef void conv_backward_sample(const ConvGeom* g, const real* x, const real* w, 
         if not need_dx:
             continue
         # dcol[Q, P] = W_g[Kg, Q]^T @ dY_g[Kg, P]
-        if g.direct:
+        if real is float and g.direct:
+            cnnrt_tr_sgemm_apacked(_gemm.ukernel, g.Q, g.P, g.Kg, g.wtpk + grp * g.tpk, dyg, g.P,
+                                   1, dx + grp * g.Cg * g.H * g.W, g.P, 0, NULL, work)
+        elif real is float:
+            cnnrt_tr_sgemm_apacked(_gemm.ukernel, g.Q, g.P, g.Kg, g.wtpk + grp * g.tpk, dyg, g.P,
+                                   1, col, g.P, 0, NULL, work)
+            col2im(col, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
+                   g.H2, g.W2, dx + grp * g.Cg * g.H * g.W)
+        elif g.direct:
             gemm(g.Q, g.P, g.Kg, wg, 1, g.Q, dyg, g.P, 1,
                  dx + grp * g.Cg * g.H * g.W, g.P, 0, <const real*>NULL, work)
         else:
@@ -480,6 +529,10 @@ def conv2d_backward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w,
     cdef real* dxp = &dx[0, 0, 0, 0] if need_dx else NULL
     cdef real* dwp = &dw_parts[0, 0]
     cdef real* dbp = &db_parts[0, 0]
+    keep = None
+    if real is float:
+        if need_dx:
+            keep = pack_weights(&g, wp, True)
     col = NULL
     work = NULL
     with nogil, parallel(num_threads=nt):

@@ -224,14 +224,38 @@ static void cnnrt_tr_pack_bsrc(const cnnrt_tr_bsrc *s, size_t pc, size_t kc, siz
     }
 }
 
+/* Floats of A packed whole by cnnrt_tr_pack_a_all: M rounded up to MR, times K. */
+static inline size_t cnnrt_tr_packed_a_size(size_t M, size_t K)
+{
+    return (M + CNNRT_MR - 1) / CNNRT_MR * CNNRT_MR * K;
+}
+
+/* Pack all of A once (for an operand shared by many GEMMs, e.g. the weights
+ * across the samples of a batch): block pc (a multiple of TR_KC) starts at
+ * pc * Mpad, and its row panel i (a multiple of MR) at + i * kc. */
+static void cnnrt_tr_pack_a_all(const float *a, ptrdiff_t ars, ptrdiff_t acs, size_t M,
+                                size_t K, float *dst)
+{
+    const size_t mpad = (M + CNNRT_MR - 1) / CNNRT_MR * CNNRT_MR;
+    size_t pc, i;
+    for (pc = 0; pc < K; pc += TR_KC) {
+        const size_t kc = K - pc < TR_KC ? K - pc : TR_KC;
+        for (i = 0; i < M; i += CNNRT_MR) {
+            const size_t mr = M - i < CNNRT_MR ? M - i : CNNRT_MR;
+            cnnrt_tr_pack_a(a, ars, acs, i, mr, pc, kc, dst + pc * mpad + i * kc);
+        }
+    }
+}
+
 static void cnnrt_tr_sgemm_src(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
                                const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                               const cnnrt_tr_bsrc *bs,
+                               const float *apacked, const cnnrt_tr_bsrc *bs,
                                float *c, size_t ldc, int accumulate, const float *bias,
                                float *work)
 {
     float *bp = work;
     float *ap = work + (size_t)TR_KC * TR_NC;
+    const size_t mpad = (M + CNNRT_MR - 1) / CNNRT_MR * CNNRT_MR;
     size_t jc, pc, i, jp;
     if (M == 0 || N == 0)
         return;
@@ -250,7 +274,10 @@ static void cnnrt_tr_sgemm_src(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t
             cnnrt_tr_pack_bsrc(bs, pc, kc, jc, nc, bp);
             for (i = 0; i < M; i += CNNRT_MR) {
                 const size_t mr = M - i < CNNRT_MR ? M - i : CNNRT_MR;
-                cnnrt_tr_pack_a(a, ars, acs, i, mr, pc, kc, ap);
+                if (apacked)
+                    ap = (float *)apacked + pc * mpad + i * kc;
+                else
+                    cnnrt_tr_pack_a(a, ars, acs, i, mr, pc, kc, ap);
                 for (jp = 0; jp < nc; jp += CNNRT_NR) {
                     const size_t nr = nc - jp < CNNRT_NR ? nc - jp : CNNRT_NR;
                     uk(kc, ap, bp + jp * kc, c + i * ldc + jc + jp, ldc, mr, nr,
@@ -273,13 +300,15 @@ static void cnnrt_tr_sgemm(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
     bs.b = b;
     bs.brs = brs;
     bs.bcs = bcs;
-    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, &bs, c, ldc, accumulate, bias, work);
+    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, NULL, &bs, c, ldc, accumulate, bias, work);
 }
 
 /* Y[M, P] (+)= A @ im2col(x) (transposed = 0), or C[M, Q] (+)= A @ im2col(x)^T
- * (transposed = 1), for one image (group) x of Cg x H x W. */
+ * (transposed = 1), for one image (group) x of Cg x H x W.  A is given
+ * packed (cnnrt_tr_pack_a_all) when apacked is not NULL. */
 static void cnnrt_tr_sgemm_im2col(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
-                                  const float *a, ptrdiff_t ars, ptrdiff_t acs, int transposed,
+                                  const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                  const float *apacked, int transposed,
                                   const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t H2,
                                   ptrdiff_t W2, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
                                   ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t dh,
@@ -293,7 +322,22 @@ static void cnnrt_tr_sgemm_im2col(cnnrt_gemm_ukernel uk, size_t M, size_t N, siz
     bs.H = H; bs.W = W; bs.H2 = H2; bs.W2 = W2;
     bs.kh = kh; bs.kw = kw; bs.sh = sh; bs.sw = sw;
     bs.pt = pt; bs.pl = pl; bs.dh = dh; bs.dw = dw;
-    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, &bs, c, ldc, accumulate, bias, work);
+    cnnrt_tr_sgemm_src(uk, M, N, K, a, ars, acs, apacked, &bs, c, ldc, accumulate, bias, work);
+}
+
+/* C (+)= A @ B for a strided B, with A packed whole (cnnrt_tr_pack_a_all). */
+static void cnnrt_tr_sgemm_apacked(cnnrt_gemm_ukernel uk, size_t M, size_t N, size_t K,
+                                   const float *apacked, const float *b, ptrdiff_t brs,
+                                   ptrdiff_t bcs, float *c, size_t ldc, int accumulate,
+                                   const float *bias, float *work)
+{
+    cnnrt_tr_bsrc bs;
+    memset(&bs, 0, sizeof(bs));
+    bs.kind = CNNRT_TR_B_STRIDED;
+    bs.b = b;
+    bs.brs = brs;
+    bs.bcs = bcs;
+    cnnrt_tr_sgemm_src(uk, M, N, K, NULL, 0, 0, apacked, &bs, c, ldc, accumulate, bias, work);
 }
 
 static void cnnrt_tr_dgemm(size_t M, size_t N, size_t K,
