@@ -6,12 +6,13 @@ file, plans its execution once, and returns a :class:`Model` whose
 """
 import os as _os
 
-# OpenMP worker threads spin this long after a parallel loop before they
-# sleep, so they are awake for the next kernel of the same predict call
-# (sleeping and waking between kernels costs more than the kernels of small
-# layers) but go idle soon after a call.  Set GOMP_SPINCOUNT to override;
-# it is read when the OpenMP runtime loads.
-_os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+# OpenMP worker threads spin briefly after a parallel loop before they sleep:
+# long enough to stay awake between the kernels of one predict call, short
+# enough that a thread waiting for a peer the OS has descheduled (cores
+# shared with other processes) soon gives its core up instead of burning it,
+# and that workers go idle right after a call.  Set GOMP_SPINCOUNT to
+# override; it is read when the OpenMP runtime loads.
+_os.environ.setdefault("GOMP_SPINCOUNT", "5000")
 
 from ._version import __version__
 from .errors import ModelFormatError

@@ -316,7 +316,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
         for t in prange(N * s.groups * n_cb, schedule="static", num_threads=n_threads):
             conv_pack_t(s, x, work, t, n_cb)
         n_tasks = N * s.groups * n_cb * n_panels
-        for t in prange(n_tasks, schedule="dynamic", num_threads=n_threads):
+        for t in prange(n_tasks, schedule="static", num_threads=n_threads):
             conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, t, n_cb, n_panels)
         return
     # Too few column blocks to keep every thread busy: split output channels too.
@@ -327,7 +327,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     n_tasks = outer * n_kchunks
-    for t in prange(n_tasks, schedule="dynamic", num_threads=n_threads):
+    for t in prange(n_tasks, schedule="static", num_threads=n_threads):
         conv_task(s, x, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk)
 
@@ -464,7 +464,7 @@ cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
         wino_pad_plane(s, x, xp, t)
     for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):
         wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input)
-    for t in prange(36 * n_panels * n_kb, schedule="dynamic", num_threads=n_threads):
+    for t in prange(36 * n_panels * n_kb, schedule="static", num_threads=n_threads):
         wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel)
     for t in prange(NT * n_kchunks, schedule="static", num_threads=n_threads):
         wino_output_task(s, m, y, Tpad, t, n_kchunks, wino.output)
