@@ -10,8 +10,10 @@ same layers when it is installed (``pip install torch==2.13.0``; CPU).
     python benchmarks/train_speed.py [--batch 64] [--threads 2] [--steps 30] [--deep]
 
 Prints one line per framework and network, and the ratio cnnrt / PyTorch
-(above 1: cnnrt is faster).  Timings are the median of ``--repeats`` runs
-of ``--steps`` steps after a warm-up.
+(above 1: cnnrt is faster).  Each framework runs ``--repeats`` rounds of
+``--steps`` steps after a warm-up, the two alternating round by round so
+both see the same machine; the best round (the least disturbed by other
+processes on shared cores) and the median are reported.
 """
 import argparse
 import statistics
@@ -26,19 +28,14 @@ INPUT = (3, 32, 32)
 CLASSES = 10
 
 
-def _median_rate(step, batch, steps, repeats):
-    for _ in range(3):
+def _rate(step, batch, steps):
+    t0 = time.perf_counter()
+    for _ in range(steps):
         step()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(batch * steps / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return batch * steps / (time.perf_counter() - t0)
 
 
-def bench_cnnrt(arch, batch, threads, steps, repeats):
+def cnnrt_step(arch, batch, threads):
     net = Sequential(build_layers(arch, INPUT, CLASSES), input_shape=INPUT, seed=0, threads=threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + INPUT).astype(np.float32)
@@ -50,7 +47,7 @@ def bench_cnnrt(arch, batch, threads, steps, repeats):
         counter[0] += 1
         net.train_step(x, y, opt, dropout_seed=counter[0])
 
-    return _median_rate(step, batch, steps, repeats), net
+    return step, net
 
 
 def torch_model(net):
@@ -84,7 +81,7 @@ def torch_model(net):
     return nn.Sequential(*mods)
 
 
-def bench_torch(net, batch, threads, steps, repeats):
+def torch_step(net, batch, threads):
     import torch
 
     torch.set_num_threads(threads)
@@ -102,7 +99,7 @@ def bench_torch(net, batch, threads, steps, repeats):
         loss.backward()
         opt.step()
 
-    return _median_rate(step, batch, steps, repeats), torch.__version__
+    return step, torch.__version__
 
 
 def main(argv=None):
@@ -116,17 +113,32 @@ def main(argv=None):
 
     archs = ["cifar10"] + (["cifar10-deep"] if args.deep else [])
     print(f"training step (forward + loss + backward + SGD update), batch {args.batch}, "
-          f"{args.threads} threads, input {'x'.join(map(str, INPUT))}")
+          f"{args.threads} threads, input {'x'.join(map(str, INPUT))}; images/s, "
+          f"best and median of {args.repeats} rounds of {args.steps} steps")
     for arch in archs:
-        ours, net = bench_cnnrt(arch, args.batch, args.threads, args.steps, args.repeats)
-        print(f"  {arch:13s} cnnrt.train  {ours:8.0f} images/s  ({net.n_params()} parameters)")
+        ours, net = cnnrt_step(arch, args.batch, args.threads)
         try:
-            theirs, version = bench_torch(net, args.batch, args.threads, args.steps, args.repeats)
+            theirs, version = torch_step(net, args.batch, args.threads)
         except ImportError:
-            print(f"  {arch:13s} PyTorch      not installed (pip install torch==2.13.0)")
+            theirs, version = None, None
+        steps = [("cnnrt.train", ours)] + ([(f"PyTorch {version}", theirs)] if theirs else [])
+        rates = {name: [] for name, _ in steps}
+        for name, step in steps:
+            for _ in range(3):
+                step()
+        for _ in range(args.repeats):
+            for name, step in steps:
+                rates[name].append(_rate(step, args.batch, args.steps))
+        for name, _ in steps:
+            r = rates[name]
+            print(f"  {arch:13s} {name:20s} best {max(r):7.0f}  median {statistics.median(r):7.0f}")
+        if theirs is None:
+            print(f"  {arch:13s} PyTorch not installed (pip install torch==2.13.0)")
             continue
-        print(f"  {arch:13s} PyTorch {version}  {theirs:8.0f} images/s")
-        print(f"  {arch:13s} ratio cnnrt.train / PyTorch = {ours / theirs:.2f}")
+        a, b = rates["cnnrt.train"], rates[f"PyTorch {version}"]
+        print(f"  {arch:13s} ratio cnnrt.train / PyTorch: best {max(a) / max(b):.2f}, "
+              f"median {statistics.median(a) / statistics.median(b):.2f}  "
+              f"({net.n_params()} parameters)")
 
 
 if __name__ == "__main__":
