@@ -65,6 +65,7 @@ def read_version():
 TEST = ["pytest>=7", "hypothesis>=6"]
 EXTRAS = {
     "test": TEST,
+    "train": ["scikit-learn", "tqdm", "matplotlib"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
@@ -88,6 +89,7 @@ setup(
         "console_scripts": [
             "cnnrt-run=cnnrt.cli:main_run",
             "cnnrt-inspect=cnnrt.cli:main_inspect",
+            "cnnrt-train=cnnrt.train.cli:main",
         ]
     },
     zip_safe=False,
