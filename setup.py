@@ -64,10 +64,16 @@ def read_version():
 
 TEST = ["pytest>=7", "hypothesis>=6"]
 EXTRAS = {
-    "test": TEST,
-    "train": ["scikit-learn", "tqdm", "matplotlib"],
+    "convert": ["onnx"],                                   # from_onnx, to_onnx, cnnrt-convert
+    "train": ["scikit-learn", "tqdm", "matplotlib"],       # digits dataset, progress, --plot
+    "serve": ["starlette", "uvicorn", "python-multipart"],  # cnnrt.serve, cnnrt-serve
+    "dask": ["dask[distributed]"],                         # cnnrt.dask
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+# The tests compare against the source frameworks, so they install them too
+# (torch pinned: an unpinned torch pulls a multi-GB GPU build).
+EXTRAS["test"] = sorted(set(TEST) | set(EXTRAS["all"])
+                        | {"onnxruntime", "torch==2.13.0", "keras", "httpx"})
 
 setup(
     name="cnnrt",
@@ -90,6 +96,8 @@ setup(
             "cnnrt-run=cnnrt.cli:main_run",
             "cnnrt-inspect=cnnrt.cli:main_inspect",
             "cnnrt-train=cnnrt.train.cli:main",
+            "cnnrt-convert=cnnrt.convert.cli:main",
+            "cnnrt-serve=cnnrt.serve.cli:main",
         ]
     },
     zip_safe=False,
