@@ -90,11 +90,16 @@ cdef extern from "f32_gemm.h":
     int cnnrt_isa_supported(int isa) noexcept nogil
     int cnnrt_isa_best() noexcept nogil
     cnnrt_gemm_config cnnrt_gemm_select(int isa) noexcept nogil
+    ctypedef void (*cnnrt_store_t_fn)(const float* tile, size_t mr, size_t nr,
+                                      const float* bias, int act, float* dst,
+                                      size_t ldd) noexcept nogil
+    cnnrt_store_t_fn cnnrt_store_t_select(int isa) noexcept nogil
 
 # Taps per packed block: a B panel of KC x NR floats stays in L1.
 DEF KC = 256
 
 cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
+cdef cnnrt_store_t_fn _store_t = cnnrt_store_t_select(cnnrt_isa_best())
 
 # Steps with less arithmetic than this (multiply-adds, about) run on one thread.
 cdef Py_ssize_t _parallel_min_work = 1 << 21
@@ -139,6 +144,19 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
     cdef const float* src
     cdef float* row
     cdef float* out
+    cdef Py_ssize_t HW = s.H * s.W
+    if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.pt == 0 and s.pl == 0
+            and s.pb == 0 and s.pr == 0):
+        # pointwise: positions are the input's own, one contiguous copy per tap and panel
+        while j < nr:
+            L = nr - j if nr - j < nr_full else nr_full
+            out = dst + (j // nr_full) * panel_size
+            for q in range(q0, q0 + kc):
+                memcpy(out + (q - q0) * nr_full, xg + q * HW + p0 + j, L * sizeof(float))
+                if L < nr_full:
+                    memset(out + (q - q0) * nr_full + L, 0, (nr_full - L) * sizeof(float))
+            j += L
+        return
     while j < nr:
         p = p0 + j
         run_oy[n_runs] = p // s.W2
@@ -349,7 +367,8 @@ cdef void conv_pack_t(const Step* s, const float* x, float* apack, Py_ssize_t it
 
 
 cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
-                      cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_pp,
+                      cnnrt_gemm_ukernel ukernel, cnnrt_store_t_fn store_t,
+                      Py_ssize_t task, Py_ssize_t n_pp,
                       Py_ssize_t n_kb) noexcept nogil:
     """Transposed orientation, for few output positions: Y^T[P, K] = X_col^T W^T.
 
@@ -374,9 +393,8 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
     cdef Py_ssize_t nr = Kg - kb * CNNRT_NR
     cdef const float* a = apack + (ng * n_pp + pp) * Q * CNNRT_MR
     cdef const float* wb = s.w + (g * n_kb + kb) * Q * CNNRT_NR
-    cdef Py_ssize_t q0 = 0, kc, j, r, k
-    cdef float bv
-    cdef float* dst
+    cdef Py_ssize_t q0 = 0, kc
+    cdef Py_ssize_t k0 = g * Kg + kb * CNNRT_NR
     if mr > CNNRT_MR:
         mr = CNNRT_MR
     if nr > CNNRT_NR:
@@ -388,12 +406,8 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
         ukernel(kc, a + q0 * CNNRT_MR, wb + q0 * CNNRT_NR, tile, CNNRT_NR, CNNRT_MR, CNNRT_NR,
                 NULL, q0 == 0, 0, ACT_NONE)
         q0 += kc
-    for j in range(nr):
-        k = g * Kg + kb * CNNRT_NR + j
-        bv = s.b[k] if s.b != NULL else 0.0
-        dst = y + (n * s.K + k) * P + p0
-        for r in range(mr):
-            dst[r] = activate(tile[r * CNNRT_NR + j] + bv, s.act)
+    store_t(tile, mr, nr, s.b + k0 if s.b != NULL else NULL, s.act,
+            y + (n * s.K + k0) * P + p0, P)
 
 
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
@@ -403,6 +417,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
     cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel  # one variant for the whole call
+    cdef cnnrt_store_t_fn store_t = _store_t
     cdef Py_ssize_t n_cb = (P + MACRO - 1) // MACRO
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
@@ -414,7 +429,8 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
             conv_pack_t(s, x, work, t, n_cb)
         n_tasks = N * s.groups * n_cb * n_panels
         for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-            conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, t, n_cb, n_panels)
+            conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, store_t,
+                        t, n_cb, n_panels)
         return
     # Too few column blocks to keep every thread busy: split output channels too.
     if outer < 4 * n_threads:
@@ -1199,10 +1215,11 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino
+    global _gemm, _store_t, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
+    _store_t = cnnrt_store_t_select(_ISA_CODES[name])
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
     _dwconv_plane = cnnrt_dwconv_plane_select(_ISA_CODES[name])
     _dwconv_plane2 = cnnrt_dwconv_plane2_select(_ISA_CODES[name])

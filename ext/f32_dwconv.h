@@ -164,18 +164,6 @@ __attribute__((target("avx512f")))
 static void f32_dwconv_plane_s1__avx512(CNNRT_DWCONV_PLANE_ARGS) { CNNRT_DWCONV_PLANE_BODY }
 #endif
 
-static cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa)
-{
-#ifdef CNNRT_X86
-    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
-        return f32_dwconv_plane_s1__avx512;
-    if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2))
-        return f32_dwconv_plane_s1__avx2;
-#endif
-    (void)isa;
-    return f32_dwconv_plane_s1__scalar;
-}
-
 /*
  * Stride-2 depthwise convolution of a whole channel plane, by polyphase
  * decomposition: the zero-padded plane is split into its four phases (even
@@ -248,11 +236,228 @@ __attribute__((target("avx512f")))
 static void f32_dwconv_plane_s2__avx512(CNNRT_DWCONV_PLANE_ARGS) { CNNRT_DWCONV_PLANE2_BODY }
 #endif
 
+#ifdef CNNRT_X86
+/*
+ * AVX-512 depthwise planes with the accumulators in registers.
+ *
+ * Each output vector (16 columns of one row) is computed completely in a
+ * register: bias, then every tap in (ky, kx) order, then the activation,
+ * and stored once.  Taps that fall into the zero padding load zeros through
+ * the load mask (and rows wholly outside the input are skipped), so the
+ * sums equal the padded-plane kernels' sums.  Up to four output rows are
+ * computed together so that four independent multiply-add chains hide the
+ * latency.  Stride 2 loads 32 consecutive input values per tap and keeps
+ * the even ones with one permute.  Kernels wider than 16 taps use the
+ * padded-plane kernels above.
+ */
+#define CNNRT_DW_MAXKW 16
+
+__attribute__((target("avx512f")))
+static inline __mmask16 cnnrt_dw_span_mask(ptrdiff_t start, ptrdiff_t W, ptrdiff_t nvalid)
+{
+    /* lanes j < nvalid with 0 <= start + j < W */
+    ptrdiff_t lo = start < 0 ? -start : 0;
+    ptrdiff_t hi = W - start;
+    if (hi > nvalid)
+        hi = nvalid;
+    if (hi <= lo)
+        return 0;
+    return (__mmask16)(((1u << (hi - lo)) - 1u) << lo);
+}
+
+/* Input vector of tap kx for one output row: 16 columns (stride 1) or the
+ * even lanes of 32 (stride 2); `rm` is all ones for a row inside the input,
+ * zero for a row in the padding (the tap then adds zeros). */
+#define CNNRT_DW_LOAD(V, ROW, RM)                                                   \
+    if (s == 1) {                                                                   \
+        V = _mm512_maskz_loadu_ps(m0[kx] & (RM), (ROW) + xstart[kx]);               \
+    } else {                                                                        \
+        const __m512 lo_ = _mm512_maskz_loadu_ps(m0[kx] & (RM), (ROW) + xstart[kx]); \
+        const __m512 hi_ = _mm512_maskz_loadu_ps(m1[kx] & (RM), (ROW) + xstart[kx] + 16); \
+        V = _mm512_permutex2var_ps(lo_, even, hi_);                                 \
+    }
+
+/* The same without masks, for blocks whose taps all lie inside the input. */
+#define CNNRT_DW_LOAD_IN(V, ROW, RM)                                                \
+    if (s == 1) {                                                                   \
+        V = _mm512_loadu_ps((ROW) + xstart[kx]);                                    \
+    } else {                                                                        \
+        V = _mm512_permutex2var_ps(_mm512_loadu_ps((ROW) + xstart[kx]), even,       \
+                                   _mm512_loadu_ps((ROW) + xstart[kx] + 16));       \
+    }
+
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 cnnrt_dw_finish_avx512(__m512 v, int act)
+{
+    if (act == CNNRT_ACT_RELU)
+        return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == CNNRT_ACT_RELU6)
+        return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0f));
+    return v;
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw_store_avx512(__m512 v, int act, float *dst, __mmask16 omask,
+                                         ptrdiff_t nvalid)
+{
+    _mm512_mask_storeu_ps(dst, omask, cnnrt_dw_finish_avx512(v, act));
+    if (act != CNNRT_ACT_NONE && act != CNNRT_ACT_RELU && act != CNNRT_ACT_RELU6) {
+        ptrdiff_t j;
+        for (j = 0; j < nvalid; j++)
+            dst[j] = cnnrt_act_scalar(dst[j], act);
+    }
+}
+
+/* The input row of output row oy for tap row ky, and its load mask. */
+#define CNNRT_DW_ROW(P, RM, OY)                                                     \
+    {                                                                               \
+        const ptrdiff_t iy_ = (OY) * s - pt + ky * dh;                              \
+        const int in_ = iy_ >= 0 && iy_ < H;                                        \
+        P = plane + (in_ ? iy_ : 0) * W;                                            \
+        RM = in_ ? (__mmask16)0xFFFF : (__mmask16)0;                                \
+    }
+
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
+                                         const float *wk, ptrdiff_t kh, ptrdiff_t kw,
+                                         const ptrdiff_t s, ptrdiff_t dh, ptrdiff_t dw,
+                                         ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t H2,
+                                         ptrdiff_t W2, float bias, int act, float *out)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512 bv = _mm512_set1_ps(bias);
+    ptrdiff_t xstart[CNNRT_DW_MAXKW];
+    __mmask16 m0[CNNRT_DW_MAXKW], m1[CNNRT_DW_MAXKW];
+    ptrdiff_t ox0, oy, kx, ky;
+    int cols_in;
+    for (ox0 = 0; ox0 < W2; ox0 += 16) {
+        const ptrdiff_t nvalid = W2 - ox0 < 16 ? W2 - ox0 : 16;
+        const __mmask16 omask = (__mmask16)(nvalid >= 16 ? 0xFFFFu : (1u << nvalid) - 1u);
+        for (kx = 0; kx < kw; kx++) {
+            const ptrdiff_t start = ox0 * s - pl + kx * dw;
+            xstart[kx] = start;
+            if (s == 1) {
+                m0[kx] = cnnrt_dw_span_mask(start, W, nvalid);
+                m1[kx] = 0;
+            } else {
+                /* input lanes 0 .. 2*nvalid-2 feed the outputs (even lanes) */
+                const ptrdiff_t span = 2 * nvalid - 1;
+                m0[kx] = cnnrt_dw_span_mask(start, W, span < 16 ? span : 16);
+                m1[kx] = span > 16 ? cnnrt_dw_span_mask(start + 16, W, span - 16) : 0;
+            }
+        }
+        /* every tap of this column block reads full vectors inside the row */
+        cols_in = nvalid == 16 && xstart[0] >= 0 && xstart[kw - 1] + 16 * s <= W;
+        /* four output rows at a time: four independent accumulator chains */
+        for (oy = 0; oy + 4 <= H2; oy += 4) {
+            const int inside = cols_in && oy * s - pt >= 0 && (oy + 3) * s - pt + (kh - 1) * dh < H;
+            if (inside) {
+                __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+                for (ky = 0; ky < kh; ky++) {
+                    const float *p0, *p1, *p2, *p3;
+                    __mmask16 r0, r1, r2, r3;
+                    CNNRT_DW_ROW(p0, r0, oy) CNNRT_DW_ROW(p1, r1, oy + 1)
+                    CNNRT_DW_ROW(p2, r2, oy + 2) CNNRT_DW_ROW(p3, r3, oy + 3)
+                    for (kx = 0; kx < kw; kx++) {
+                        const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
+                        __m512 v0, v1, v2, v3;
+                        CNNRT_DW_LOAD_IN(v0, p0, r0) CNNRT_DW_LOAD_IN(v1, p1, r1)
+                        CNNRT_DW_LOAD_IN(v2, p2, r2) CNNRT_DW_LOAD_IN(v3, p3, r3)
+                        a0 = _mm512_fmadd_ps(wv, v0, a0);
+                        a1 = _mm512_fmadd_ps(wv, v1, a1);
+                        a2 = _mm512_fmadd_ps(wv, v2, a2);
+                        a3 = _mm512_fmadd_ps(wv, v3, a3);
+                    }
+                }
+                cnnrt_dw_store_avx512(a0, act, out + oy * W2 + ox0, omask, nvalid);
+                cnnrt_dw_store_avx512(a1, act, out + (oy + 1) * W2 + ox0, omask, nvalid);
+                cnnrt_dw_store_avx512(a2, act, out + (oy + 2) * W2 + ox0, omask, nvalid);
+                cnnrt_dw_store_avx512(a3, act, out + (oy + 3) * W2 + ox0, omask, nvalid);
+                continue;
+            }
+            __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+            for (ky = 0; ky < kh; ky++) {
+                const float *p0, *p1, *p2, *p3;
+                __mmask16 r0, r1, r2, r3;
+                CNNRT_DW_ROW(p0, r0, oy) CNNRT_DW_ROW(p1, r1, oy + 1)
+                CNNRT_DW_ROW(p2, r2, oy + 2) CNNRT_DW_ROW(p3, r3, oy + 3)
+                for (kx = 0; kx < kw; kx++) {
+                    const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
+                    __m512 v0, v1, v2, v3;
+                    CNNRT_DW_LOAD(v0, p0, r0) CNNRT_DW_LOAD(v1, p1, r1)
+                    CNNRT_DW_LOAD(v2, p2, r2) CNNRT_DW_LOAD(v3, p3, r3)
+                    a0 = _mm512_fmadd_ps(wv, v0, a0);
+                    a1 = _mm512_fmadd_ps(wv, v1, a1);
+                    a2 = _mm512_fmadd_ps(wv, v2, a2);
+                    a3 = _mm512_fmadd_ps(wv, v3, a3);
+                }
+            }
+            cnnrt_dw_store_avx512(a0, act, out + oy * W2 + ox0, omask, nvalid);
+            cnnrt_dw_store_avx512(a1, act, out + (oy + 1) * W2 + ox0, omask, nvalid);
+            cnnrt_dw_store_avx512(a2, act, out + (oy + 2) * W2 + ox0, omask, nvalid);
+            cnnrt_dw_store_avx512(a3, act, out + (oy + 3) * W2 + ox0, omask, nvalid);
+        }
+        for (; oy < H2; oy++) {
+            __m512 a0 = bv;
+            for (ky = 0; ky < kh; ky++) {
+                const float *p0;
+                __mmask16 r0;
+                CNNRT_DW_ROW(p0, r0, oy)
+                for (kx = 0; kx < kw; kx++) {
+                    const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
+                    __m512 v0;
+                    CNNRT_DW_LOAD(v0, p0, r0)
+                    a0 = _mm512_fmadd_ps(wv, v0, a0);
+                }
+            }
+            cnnrt_dw_store_avx512(a0, act, out + oy * W2 + ox0, omask, nvalid);
+        }
+    }
+}
+#undef CNNRT_DW_LOAD
+#undef CNNRT_DW_LOAD_IN
+#undef CNNRT_DW_ROW
+
+__attribute__((target("avx512f")))
+static void f32_dwconv_direct_s1__avx512(CNNRT_DWCONV_PLANE_ARGS)
+{
+    if (kw > CNNRT_DW_MAXKW) {
+        f32_dwconv_plane_s1__avx512(plane, H, W, wk, kh, kw, dh, dw, pt, pl, pb, pr,
+                                    H2, W2, bias, act, out, work);
+        return;
+    }
+    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 1, dh, dw, pt, pl, H2, W2, bias, act, out);
+}
+
+__attribute__((target("avx512f")))
+static void f32_dwconv_direct_s2__avx512(CNNRT_DWCONV_PLANE_ARGS)
+{
+    if (kw > CNNRT_DW_MAXKW) {
+        f32_dwconv_plane_s2__avx512(plane, H, W, wk, kh, kw, dh, dw, pt, pl, pb, pr,
+                                    H2, W2, bias, act, out, work);
+        return;
+    }
+    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 2, dh, dw, pt, pl, H2, W2, bias, act, out);
+}
+#endif
+
+static cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa)
+{
+#ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
+        return f32_dwconv_direct_s1__avx512;
+    if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2))
+        return f32_dwconv_plane_s1__avx2;
+#endif
+    (void)isa;
+    return f32_dwconv_plane_s1__scalar;
+}
+
 static cnnrt_dwconv_plane_fn cnnrt_dwconv_plane2_select(int isa)
 {
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
-        return f32_dwconv_plane_s2__avx512;
+        return f32_dwconv_direct_s2__avx512;
     if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2))
         return f32_dwconv_plane_s2__avx2;
 #endif

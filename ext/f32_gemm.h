@@ -42,6 +42,8 @@
 enum { CNNRT_ACT_NONE = 0, CNNRT_ACT_RELU, CNNRT_ACT_RELU6, CNNRT_ACT_SIGMOID, CNNRT_ACT_TANH };
 enum { CNNRT_ISA_SCALAR = 0, CNNRT_ISA_AVX2 = 1, CNNRT_ISA_AVX512 = 2 };
 
+static int cnnrt_isa_supported(int isa);
+
 typedef void (*cnnrt_gemm_ukernel)(size_t kc, const float *a, const float *b,
                                    float *c, size_t ldc, size_t mr, size_t nr,
                                    const float *bias, int first, int last, int act);
@@ -241,6 +243,81 @@ static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float
 }
 
 #endif /* CNNRT_X86 */
+
+/* ------------------------------------------------- transposed tile store
+ *
+ * The transposed convolution orientation computes an 8 x NR tile whose rows
+ * are output positions and whose columns are output channels.  This stores
+ * it transposed: dst[j * ldd + r] = act(tile[r * NR + j] + bias[j]) for
+ * r < mr, j < nr.  Same arithmetic in every variant (one add, then the
+ * activation).
+ */
+typedef void (*cnnrt_store_t_fn)(const float *tile, size_t mr, size_t nr, const float *bias,
+                                 int act, float *dst, size_t ldd);
+
+static void f32_store_t__scalar(const float *tile, size_t mr, size_t nr, const float *bias,
+                                int act, float *dst, size_t ldd)
+{
+    size_t j, r;
+    for (j = 0; j < nr; j++) {
+        const float bv = bias ? bias[j] : 0.0f;
+        float *d = dst + j * ldd;
+        for (r = 0; r < mr; r++)
+            d[r] = cnnrt_act_scalar(tile[r * CNNRT_NR + j] + bv, act);
+    }
+}
+
+#ifdef CNNRT_X86
+__attribute__((target("avx2,fma")))
+static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const float *bias,
+                              int act, float *dst, size_t ldd)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)mr), lanes);
+    size_t jb, j, r;
+    for (jb = 0; jb < nr; jb += 8) {
+        __m256 c[8], t[8], u[8];
+        const size_t nj = nr - jb < 8 ? nr - jb : 8;
+        for (r = 0; r < 8; r++)
+            t[r] = _mm256_loadu_ps(tile + r * CNNRT_NR + jb);
+        /* 8x8 transpose: c[j] = column jb + j of the tile */
+        u[0] = _mm256_unpacklo_ps(t[0], t[1]); u[1] = _mm256_unpackhi_ps(t[0], t[1]);
+        u[2] = _mm256_unpacklo_ps(t[2], t[3]); u[3] = _mm256_unpackhi_ps(t[2], t[3]);
+        u[4] = _mm256_unpacklo_ps(t[4], t[5]); u[5] = _mm256_unpackhi_ps(t[4], t[5]);
+        u[6] = _mm256_unpacklo_ps(t[6], t[7]); u[7] = _mm256_unpackhi_ps(t[6], t[7]);
+        t[0] = _mm256_shuffle_ps(u[0], u[2], 0x44); t[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
+        t[2] = _mm256_shuffle_ps(u[1], u[3], 0x44); t[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
+        t[4] = _mm256_shuffle_ps(u[4], u[6], 0x44); t[5] = _mm256_shuffle_ps(u[4], u[6], 0xEE);
+        t[6] = _mm256_shuffle_ps(u[5], u[7], 0x44); t[7] = _mm256_shuffle_ps(u[5], u[7], 0xEE);
+        c[0] = _mm256_permute2f128_ps(t[0], t[4], 0x20); c[1] = _mm256_permute2f128_ps(t[1], t[5], 0x20);
+        c[2] = _mm256_permute2f128_ps(t[2], t[6], 0x20); c[3] = _mm256_permute2f128_ps(t[3], t[7], 0x20);
+        c[4] = _mm256_permute2f128_ps(t[0], t[4], 0x31); c[5] = _mm256_permute2f128_ps(t[1], t[5], 0x31);
+        c[6] = _mm256_permute2f128_ps(t[2], t[6], 0x31); c[7] = _mm256_permute2f128_ps(t[3], t[7], 0x31);
+        for (j = 0; j < nj; j++) {
+            float *d = dst + (jb + j) * ldd;
+            __m256 v = _mm256_add_ps(c[j], _mm256_set1_ps(bias ? bias[jb + j] : 0.0f));
+            v = cnnrt_act_avx2(v, act);
+            if (mr == 8)
+                _mm256_storeu_ps(d, v);
+            else
+                _mm256_maskstore_ps(d, keep, v);
+            if (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)
+                for (r = 0; r < mr; r++)
+                    d[r] = cnnrt_act_scalar(d[r], act);
+        }
+    }
+}
+#endif
+
+static cnnrt_store_t_fn cnnrt_store_t_select(int isa)
+{
+#ifdef CNNRT_X86
+    if (isa != CNNRT_ISA_SCALAR && cnnrt_isa_supported(CNNRT_ISA_AVX2))
+        return f32_store_t__avx2;
+#endif
+    (void)isa;
+    return f32_store_t__scalar;
+}
 
 /* ------------------------------------------------------------- dispatch */
 

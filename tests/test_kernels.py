@@ -110,6 +110,12 @@ def test_winograd(isa, c, k, h, w, pad, act):
     dict(c=4, h=12, w=17, kernel=5, pad=(2, 1, 0, 2)),
     dict(c=3, h=9, w=9, kernel=3, pad=(0, 2, 1, 0), dil=2),
     dict(c=6, h=2, w=3, kernel=(1, 3), pad=(0, 1, 0, 1)),
+    # several 16-column vectors per row, blocks of four rows plus a remainder,
+    # interior blocks without masks and border blocks with them
+    dict(c=3, h=11, w=37, kernel=3, pad=1),
+    dict(c=2, h=14, w=64, kernel=3, pad=(1, 0, 2, 1)),
+    dict(c=2, h=9, w=50, kernel=5, pad=2, dil=2),
+    dict(c=2, h=6, w=40, kernel=(3, 17), pad=(1, 8, 1, 8)),
 ])
 @pytest.mark.parametrize("mult", [1, 2])
 def test_depthwise(isa, stride, case, mult):
