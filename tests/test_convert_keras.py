@@ -498,6 +498,17 @@ def test_grouped_separable_and_dense_on_image(tmp_path):
     assert net.output_shape == (5, 2, 2)
 
 
+def test_shared_layer_called_twice(tmp_path):
+    inp = keras.Input((9, 9, 3))
+    shared = L.Conv2D(3, 3, padding="same", activation="relu", name="shared")
+    x = shared(inp)
+    y = shared(L.BatchNormalization()(x))
+    out = L.GlobalMaxPooling2D()(L.Add()([x, y]))
+    model = randomize(keras.Model(inp, out), seed=72)
+    report, _ = check(model, tmp_path)
+    assert ops_of(report).count("conv2d") == 2
+
+
 # --------------------------------------------------------------------------
 # Keras 2 layout, chunked attributes, other weight naming
 # --------------------------------------------------------------------------
@@ -675,6 +686,20 @@ def test_missing_and_wrong_weights(tmp_path):
     refuse(missing, tmp_path, match=r"weight '.*conv/kernel' of Conv2D layer 'conv' is missing")
     refuse(wrong, tmp_path, match=r"Dense layer 'fc': kernel has shape \[100, 3\], expected \[144, 3\]")
     refuse(nogroup, tmp_path, match=r"weights of Dense layer 'fc' are missing")
+
+
+def test_external_weights_refused(tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv")])
+    src = save(model, tmp_path)
+    other = str(tmp_path / "elsewhere.h5")
+    with h5py.File(other, "w") as fh:
+        fh.create_dataset("kernel", data=np.zeros((3, 3, 3, 4), np.float32))
+    with h5py.File(src, "r+") as fh:
+        group = fh["model_weights/conv"]
+        name = [n for n in group.attrs["weight_names"] if str(n).endswith("kernel")][0]
+        del group[name]
+        group[name] = h5py.ExternalLink(other, "/kernel")
+    refuse(src, tmp_path, match="outside the file")
 
 
 def test_bad_files(tmp_path):

@@ -172,6 +172,9 @@ class _Weights:
             except (KeyError, ValueError, OSError):
                 obj = None
             if isinstance(obj, h5py.Dataset):
+                if obj.file.id != group.file.id or obj.is_virtual or obj.external:
+                    raise ConversionError(f"weight '{wname}' is stored outside the file (external "
+                                          "link, external or virtual dataset); refused")
                 return obj
         return None
 
