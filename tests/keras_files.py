@@ -25,10 +25,16 @@ def _refs(obj, out):
     return out
 
 
-def _keras2_config(config, drop_input_layer):
+MODELS = ("Sequential", "Functional", "Model")
+
+
+def _keras2_config(config, drop_input_layer=False):
     config = json.loads(json.dumps(config))
     body = config["config"]
-    for layer in body["layers"]:
+    for i, layer in enumerate(body["layers"]):
+        if layer["class_name"] in MODELS:
+            nested = _keras2_config(layer)
+            layer["class_name"], layer["config"] = nested["class_name"], nested["config"]
         cfg = layer["config"]
         if "batch_shape" in cfg:
             cfg["batch_input_shape"] = cfg.pop("batch_shape")
@@ -50,21 +56,28 @@ def _keras2_config(config, drop_input_layer):
     return config
 
 
+def _classes(config, out):
+    for layer in config["config"]["layers"]:
+        out[layer["config"]["name"]] = layer["class_name"]
+        if layer["class_name"] in MODELS:
+            _classes(layer, out)
+    return out
+
+
 def _read_weights(src):
-    """[(layer name, class name, [(short name, array), ...])] in file order."""
+    """[(group name, {layer: class}, [(owning layer, short name, array), ...])] in file order."""
     out = []
     mw = src["model_weights"]
-    classes = {}
-    for layer in json.loads(src.attrs["model_config"])["config"]["layers"]:
-        classes[layer["config"]["name"]] = layer["class_name"]
+    classes = _classes(json.loads(src.attrs["model_config"]), {})
     for lname in mw.attrs["layer_names"]:
         lname = lname.decode() if isinstance(lname, bytes) else str(lname)
         group = mw[lname]
         weights = []
         for wname in group.attrs["weight_names"]:
             wname = wname.decode() if isinstance(wname, bytes) else str(wname)
-            weights.append((wname.split("/")[-1], group[wname][()]))
-        out.append((lname, classes.get(lname), weights))
+            parts = wname.split("/")
+            weights.append((parts[-2], parts[-1], group[wname][()]))
+        out.append((lname, classes, weights))
     return out
 
 
@@ -87,14 +100,18 @@ def to_keras2(src_path, dst_path, drop_input_layer=False, style="keras2"):
         mw.attrs["keras_version"] = dst.attrs["keras_version"]
         mw.attrs["backend"] = dst.attrs["backend"]
         mw.attrs["layer_names"] = np.array([n.encode() for n, _, _ in layers])
-        for lname, cls, weights in layers:
+        for lname, classes, weights in layers:
             group = mw.create_group(lname)
             names = []
-            for i, (short, array) in enumerate(weights):
+            if keras2 and classes.get(lname) in MODELS:
+                # Keras 2 lists a nested model's trainable weights before the others
+                moving = [w for w in weights if w[1].startswith("moving_")]
+                weights = [w for w in weights if not w[1].startswith("moving_")] + moving
+            for i, (owner, short, array) in enumerate(weights):
                 if keras2:
-                    if cls == "DepthwiseConv2D" and short == "kernel":
+                    if classes.get(owner) == "DepthwiseConv2D" and short == "kernel":
                         short = "depthwise_kernel"
-                    name = f"{lname}/{short}:0"
+                    name = f"{owner}/{short}:0"
                 else:
                     name = f"{lname}/vars/{i}"
                 group.create_dataset(name, data=array)

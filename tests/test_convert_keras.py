@@ -509,6 +509,41 @@ def test_shared_layer_called_twice(tmp_path):
     assert ops_of(report).count("conv2d") == 2
 
 
+def nested_model():
+    """A functional model using a functional backbone (twice) and a Sequential head."""
+    bi = keras.Input((10, 10, 3))
+    b = L.ZeroPadding2D(1)(bi)
+    b = L.Conv2D(6, 3, use_bias=False, name="c1")(b)
+    b = L.BatchNormalization(name="bn")(b)
+    b = L.ReLU()(b)
+    b = L.DepthwiseConv2D(3, padding="same", name="dw")(b)
+    backbone = keras.Model(bi, b, name="backbone")
+    head = keras.Sequential([keras.Input((10, 10, 6)), L.Conv2D(4, 1, name="c1"),
+                             L.BatchNormalization(name="bn"), L.GlobalAveragePooling2D()],
+                            name="head")
+    inp = keras.Input((10, 10, 3))
+    x = backbone(inp)
+    y = backbone(L.Activation("tanh")(inp))      # the same weights on a second branch
+    x = head(L.Add()([x, y]))
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="fc")(x))
+
+
+def test_nested_models_are_inlined(tmp_path):
+    model = randomize(nested_model(), seed=73)
+    report, _ = check(model, tmp_path)
+    names = [n.name for n in report.graph.nodes]
+    assert "backbone/c1" in names and "backbone_1/c1" in names and "head/c1" in names
+    assert "batchnorm2d" not in ops_of(report)
+
+
+def test_nested_unsupported_layer_is_named(tmp_path):
+    inner = keras.Sequential([keras.Input((8, 8, 3)), L.Lambda(lambda t: -t, name="neg")], name="inner")
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, L.Conv2D(2, 3)(inner(inp)))
+    err = refuse(save(model, tmp_path), tmp_path, UnsupportedOpsError)
+    assert err.unsupported == [("Lambda", "neg")]
+
+
 # --------------------------------------------------------------------------
 # Keras 2 layout, chunked attributes, other weight naming
 # --------------------------------------------------------------------------
@@ -527,9 +562,9 @@ def small_functional():
     return keras.Model(inp, L.Dense(6, activation="softmax")(x))
 
 
-@pytest.mark.parametrize("kind", ["functional", "sequential", "sequential_no_input_layer"])
+@pytest.mark.parametrize("kind", ["functional", "sequential", "sequential_no_input_layer", "nested"])
 def test_keras2_layout_converts_identically(kind, tmp_path):
-    model = small_functional() if kind == "functional" else lenet()
+    model = {"functional": small_functional, "nested": nested_model}.get(kind, lenet)()
     randomize(model, seed=81)
     src = save(model, tmp_path)
     k2 = str(tmp_path / "keras2.h5")
@@ -549,7 +584,7 @@ def test_keras2_layout_converts_identically(kind, tmp_path):
 
 
 def test_keras3_vars_weight_paths(tmp_path):
-    """Weights stored under ``<layer>/vars/<i>`` are found through weight_names."""
+    """Weights stored under ``<layer>/vars/<i>`` are read in Keras' order."""
     model = randomize(small_functional(), seed=82)
     src = save(model, tmp_path)
     alt = str(tmp_path / "vars.h5")
@@ -557,6 +592,14 @@ def test_keras3_vars_weight_paths(tmp_path):
     x = np.random.default_rng(9).standard_normal((2, 12, 12, 3)).astype(np.float32)
     from_keras(alt, tmp_path / "c.h5")
     assert_close(cnnrt.load(tmp_path / "c.h5").predict(x), keras_output(model, x))
+
+
+def test_nested_weights_without_layer_names_refused(tmp_path):
+    """In a nested model's group, weights that do not name their layer cannot be assigned safely."""
+    src = save(randomize(nested_model(), seed=84), tmp_path)
+    alt = str(tmp_path / "vars.h5")
+    to_keras2(src, alt, style="vars")
+    refuse(alt, tmp_path, match="layer 'c1' \\(in model 'backbone'\\): cannot tell its weights apart")
 
 
 @pytest.mark.parametrize("layout", ["keras3", "keras2"])

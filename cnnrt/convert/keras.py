@@ -129,23 +129,47 @@ class _Weights:
         self.layer_names = _read_names(root.attrs, "layer_names")
         self.keras_version = str(_text(root.attrs.get("keras_version", fh.attrs.get("keras_version", "?"))))
 
-    def get(self, layer_name, class_name, count_range):
-        """The weight arrays of one layer, in the order Keras stores them."""
+    def get(self, call, roles):
+        """The weight arrays of one layer call, one per role, in the order of ``roles``.
+
+        ``roles`` lists the accepted variable names per weight, e.g.
+        ``[("kernel",), ("bias",)]``.  Weights are matched by the last part of
+        their name (``conv/kernel:0``, ``sequential/conv/kernel``); a layer's
+        own group whose names say nothing (``vars/0``) is read in Keras' order.
+        """
         import h5py
 
-        where = f"{class_name} layer '{layer_name}'"
-        if layer_name not in self.root or not isinstance(self.root[layer_name], h5py.Group):
+        where = f"{call.cls} layer '{call.name}'"
+        group_name = call.name if call.group is None else call.group
+        if call.group is not None:
+            where += f" (in model '{call.group}')"
+        if group_name not in self.root or not isinstance(self.root[group_name], h5py.Group):
             raise ConversionError(f"{self.path}: the weights of {where} are missing from the file")
-        if self.layer_names is not None and layer_name not in self.layer_names:
+        if self.layer_names is not None and group_name not in self.layer_names:
             raise ConversionError(f"{self.path}: {where} is not listed in the file's layer_names")
-        group = self.root[layer_name]
+        group = self.root[group_name]
         names = _read_names(group.attrs, "weight_names")
         if names is None:
             raise ConversionError(f"{self.path}: {where} has no 'weight_names' attribute")
-        lo, hi = count_range
-        if not lo <= len(names) <= hi:
-            want = str(lo) if lo == hi else f"{lo} to {hi}"
-            raise ConversionError(f"{self.path}: {where} has {len(names)} weights, expected {want}")
+        if call.group is not None:
+            # a nested model's group holds the weights of all its layers
+            names = [n for n in names if n.split(":")[0].split("/")[-2:-1] == [call.name]]
+        short = [n.split(":")[0].split("/")[-1] for n in names]
+        picked = []
+        for aliases in roles:
+            hits = [n for n, sn in zip(names, short) if sn in aliases]
+            if len(hits) != 1:
+                break
+            picked.append(hits[0])
+        if len(picked) == len(roles) and len(names) == len(roles):
+            names = picked
+        elif call.group is not None:
+            raise ConversionError(f"{self.path}: {where}: cannot tell its weights apart in the "
+                                  f"weights of model '{call.group}' (expected "
+                                  f"{', '.join(r[0] for r in roles)})")
+        elif len(names) != len(roles):
+            raise ConversionError(f"{self.path}: {where} has {len(names)} weights, expected "
+                                  f"{len(roles)} ({', '.join(r[0] for r in roles)})")
         arrays = []
         for wname in names:
             ds = self._find(group, wname)
@@ -184,15 +208,16 @@ class _Weights:
 # --------------------------------------------------------------------------
 
 class _Call:
-    __slots__ = ("cls", "name", "config", "inputs", "output", "node_name")
+    """One call of a Keras layer: what it reads and writes (Keras tensor ids)."""
 
-    def __init__(self, cls, name, config, inputs, output, node_name):
+    def __init__(self, cls, name, config, inputs, output, node_name, group=None):
         self.cls = cls
-        self.name = name          # Keras layer name (weights group)
+        self.name = name          # Keras layer name
         self.config = config
         self.inputs = inputs      # Keras tensor ids
         self.output = output      # Keras tensor id
         self.node_name = node_name
+        self.group = group        # for a layer of a nested model: the top-level weights group
 
 
 def _tensor_id(layer, node_index=0, tensor_index=0):
@@ -246,63 +271,94 @@ def _layer_name(layer):
     return str(layer.get("name") or cfg.get("name") or "?")
 
 
-def _calls(config):
-    """(calls in config order, input ids, input batch shapes, output ids)."""
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def _inline(layer, name, inputs, output, prefix, group, depth):
+    """The calls of a model used as a layer, wired to the outer tensors."""
+    if depth > 16:
+        raise ConversionError(f"model '{name}' nests models more than 16 deep")
+    calls, sub_inputs, _, sub_outputs = _calls(layer, prefix, group, depth + 1)
+    if len(sub_inputs) != len(inputs):
+        raise ConversionError(f"nested model '{name}' takes {len(sub_inputs)} inputs but is "
+                              f"called with {len(inputs)}")
+    if len(sub_outputs) != 1:
+        raise ConversionError(f"nested model '{name}' has {len(sub_outputs)} outputs; only one is supported")
+    if sub_outputs[0] in sub_inputs:
+        raise ConversionError(f"nested model '{name}' returns its input unchanged")
+    rename = dict(zip(sub_inputs, inputs))
+    rename[sub_outputs[0]] = output
+    for c in calls:
+        c.inputs = [rename.get(t, t) for t in c.inputs]
+        c.output = rename.get(c.output, c.output)
+    return calls
+
+
+def _calls(config, prefix="", group=None, depth=0):
+    """(calls in config order, input ids, input batch shapes, output ids).
+
+    Models used as layers are inlined: their tensors and nodes are named
+    ``<model>/<layer>``, and their layers take their weights from the
+    top-level weights group of the outermost one (``group``).
+    """
     cls = config.get("class_name")
     body = config.get("config")
+    if cls not in _MODEL_CLASSES:
+        name = str(body.get("name", "?")) if isinstance(body, dict) else "?"
+        raise UnsupportedOpsError("Keras", [(f"model class {cls}", name)])
     if cls == "Sequential":
         layers = body.get("layers") if isinstance(body, dict) else body
-        if not isinstance(layers, list):
-            raise ConversionError("the Sequential model config has no layer list")
-        calls, batch_shape, prev, input_name = [], None, None, None
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
-                raise ConversionError(f"layer {i} of the model config is not a layer description")
-            lcfg = layer["config"]
-            name = _layer_name(layer)
-            if layer.get("class_name") == "InputLayer":
+    else:
+        layers = body.get("layers") if isinstance(body, dict) else None
+    if not isinstance(layers, list):
+        raise ConversionError(f"the {cls} model config has no layer list")
+    calls, shapes = [], {}
+    prev = input_name = batch_shape = None
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+            raise ConversionError(f"layer {i} of the model config is not a layer description")
+        lcfg = layer["config"]
+        name = _layer_name(layer)
+        lcls = str(layer.get("class_name"))
+        if lcls == "InputLayer":
+            shapes[prefix + name] = lcfg.get("batch_shape", lcfg.get("batch_input_shape"))
+            if cls == "Sequential":
                 if prev is not None:
                     raise ConversionError(f"InputLayer '{name}' is not the first layer of the Sequential model")
-                batch_shape = lcfg.get("batch_shape", lcfg.get("batch_input_shape"))
-                prev = input_name = name
-                continue
+                prev = input_name = prefix + name
+            continue
+        if cls == "Sequential":
             if prev is None:   # Keras 2 puts the input shape on the first layer
-                batch_shape = lcfg.get("batch_input_shape", lcfg.get("batch_shape"))
-                if batch_shape is None and isinstance(body, dict):
-                    batch_shape = body.get("build_input_shape")
-                prev = input_name = "input"
-            calls.append(_Call(str(layer.get("class_name")), name, lcfg, [prev], name, name))
-            prev = name
-        if input_name is None:
-            raise ConversionError("the Sequential model has no layers")
-        return calls, [input_name], [batch_shape], [prev]
-    if cls in ("Functional", "Model"):
-        if not isinstance(body, dict) or not isinstance(body.get("layers"), list):
-            raise ConversionError(f"the {cls} model config has no layer list")
-        calls, shapes, input_names = [], {}, []
-        for i, layer in enumerate(body["layers"]):
-            if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
-                raise ConversionError(f"layer {i} of the model config is not a layer description")
-            lcfg = layer["config"]
-            name = _layer_name(layer)
-            lcls = str(layer.get("class_name"))
-            if lcls == "InputLayer":
-                shapes[name] = lcfg.get("batch_shape", lcfg.get("batch_input_shape"))
-                continue
+                prev = input_name = prefix + "input"
+                shapes[prev] = lcfg.get("batch_input_shape", lcfg.get("batch_shape"))
+                if shapes[prev] is None and isinstance(body, dict):
+                    shapes[prev] = body.get("build_input_shape")
+            nodes = [(0, [prev])]
+        else:
             inbound = layer.get("inbound_nodes") or []
             if not isinstance(inbound, list):
                 raise ConversionError(f"layer '{name}' has malformed inbound_nodes")
-            for k, node_cfg in enumerate(inbound):
-                node_name = name if k == 0 else f"{name}_{k}"
-                calls.append(_Call(lcls, name, lcfg, _node_inputs(node_cfg), _tensor_id(name, k), node_name))
-        input_names = _refs(body.get("input_layers"), "input_layers")
-        outputs = _refs(body.get("output_layers"), "output_layers")
-        for n in input_names:
-            if n not in shapes:
-                raise ConversionError(f"model input '{n}' is not an InputLayer of the model config")
-        return calls, input_names, [shapes[n] for n in input_names], outputs
-    raise UnsupportedOpsError("Keras", [(f"model class {cls}", str((body or {}).get("name", "?")
-                                                                 if isinstance(body, dict) else "?"))])
+            nodes = [(k, [prefix + t for t in _node_inputs(n)]) for k, n in enumerate(inbound)]
+        own_group = group if group is not None else (name if lcls in _MODEL_CLASSES else None)
+        for k, ins in nodes:
+            node_name = prefix + (name if k == 0 else f"{name}_{k}")
+            out = prefix + _tensor_id(name, k)
+            if lcls in _MODEL_CLASSES:
+                calls.extend(_inline(layer, name, ins, out, node_name + "/", own_group, depth))
+            else:
+                calls.append(_Call(lcls, name, lcfg, ins, out, node_name, group))
+            if cls == "Sequential":
+                prev = out
+    if cls == "Sequential":
+        if input_name is None or prev == input_name:
+            raise ConversionError("the Sequential model has no layers")
+        return calls, [input_name], [shapes[input_name]], [prev]
+    input_names = [prefix + t for t in _refs(body.get("input_layers"), "input_layers")]
+    outputs = [prefix + t for t in _refs(body.get("output_layers"), "output_layers")]
+    for n in input_names:
+        if n not in shapes:
+            raise ConversionError(f"model input '{n}' is not an InputLayer of the model config")
+    return calls, input_names, [shapes[n] for n in input_names], outputs
 
 
 def _order(calls, inputs):
@@ -480,7 +536,8 @@ class _Converter:
         own = _window_pads(cfg.get("padding", "valid"), H, W, k, s, d, call.name)
         pads = [a + b for a, b in zip(own, extra)]
         if arrays is None:
-            arrays = self.w.get(call.name, call.cls, (1 + use_bias, 1 + use_bias))
+            kernel_names = ("kernel", "depthwise_kernel") if depthwise else ("kernel",)
+            arrays = self.w.get(call, [kernel_names] + [("bias",)] * use_bias)
         kernel = arrays[0]
         if depthwise:
             M = int(cfg.get("depth_multiplier", 1))
@@ -528,7 +585,7 @@ class _Converter:
             raise ConversionError(f"{call.cls} layer '{call.name}': data_format "
                                   f"{cfg.get('data_format')!r} is not supported (channels_last only)")
         use_bias = bool(cfg.get("use_bias", True))
-        arrays = self.w.get(call.name, call.cls, (2 + use_bias, 2 + use_bias))
+        arrays = self.w.get(call, [("depthwise_kernel",), ("pointwise_kernel",)] + [("bias",)] * use_bias)
         M = int(cfg.get("depth_multiplier", 1))
         k = _pair(cfg.get("kernel_size"), "kernel_size", call.name)
         C = t.shape[0]
@@ -620,7 +677,7 @@ class _Converter:
     def _Dense(self, call, cfg, ins):
         t = self.materialize(ins[0])
         use_bias = bool(cfg.get("use_bias", True))
-        arrays = self.w.get(call.name, call.cls, (1 + use_bias, 1 + use_bias))
+        arrays = self.w.get(call, [("kernel",)] + [("bias",)] * use_bias)
         kernel = arrays[0]
         n_in = t.shape[0] if len(t.shape) == 1 else t.shape[0]
         units = int(cfg.get("units", kernel.shape[-1] if kernel.ndim == 2 else 0))
@@ -662,8 +719,8 @@ class _Converter:
             raise ConversionError(f"BatchNormalization layer '{call.name}': only the channel axis "
                                   f"(-1) is supported, got axis {axis}")
         scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
-        n = 2 + scale + center
-        arrays = self.w.get(call.name, call.cls, (n, n))
+        roles = [("gamma",)] * scale + [("beta",)] * center + [("moving_mean",), ("moving_variance",)]
+        arrays = self.w.get(call, roles)
         C = t.shape[0]
         for a in arrays:
             if a.shape != (C,):
