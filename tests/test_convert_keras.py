@@ -498,6 +498,30 @@ def test_grouped_separable_and_dense_on_image(tmp_path):
     assert net.output_shape == (5, 2, 2)
 
 
+def test_rescaling_and_reshape_head(tmp_path):
+    """Keras 2 MobileNet's head: pooled vector -> Reshape((1, 1, C)) -> 1x1 conv -> Reshape((K,))."""
+    inp = keras.Input((12, 12, 3))
+    x = L.Rescaling(1 / 127.5, offset=-1.0)(inp)
+    x = L.Rescaling([0.5, 1.0, 2.0], offset=[0.0, 0.1, -0.1])(x)
+    x = L.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Reshape((1, 1, 8))(x)
+    x = L.Dropout(0.1)(x)
+    x = L.Conv2D(5, 1)(x)
+    x = L.Reshape((5,))(x)
+    model = randomize(keras.Model(inp, L.Activation("softmax")(x)), seed=74)
+    x = np.random.default_rng(5).uniform(0, 255, (2, 12, 12, 3)).astype(np.float32)
+    report, net = check(model, tmp_path, x=x)
+    assert net.output_shape == (5,)
+    assert ops_of(report).count("flatten") == 1     # the flatten undone by Reshape is dropped
+
+
+def test_reshape_that_reorders_refused(tmp_path):
+    inp = keras.Input((4, 4, 3))
+    model = keras.Model(inp, L.Reshape((8, 6), name="shuffle")(L.Conv2D(3, 1)(inp)))
+    refuse(save(model, tmp_path), tmp_path, match="Reshape layer 'shuffle'")
+
+
 def test_shared_layer_called_twice(tmp_path):
     inp = keras.Input((9, 9, 3))
     shared = L.Conv2D(3, 3, padding="same", activation="relu", name="shared")

@@ -36,7 +36,8 @@ _SUPPORTED = {"InputLayer", "Conv2D", "Convolution2D", "DepthwiseConv2D", "Separ
               "SeparableConvolution2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D",
               "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D",
               "GlobalMaxPool2D", "Dense", "Flatten", "BatchNormalization", "Activation", "ReLU",
-              "LeakyReLU", "ZeroPadding2D", "Add", "Concatenate", "Softmax"} | _IDENTITY
+              "LeakyReLU", "ZeroPadding2D", "Add", "Concatenate", "Softmax", "Rescaling",
+              "Reshape"} | _IDENTITY
 
 # Keras activation names -> how cnnrt runs them.  ``fused`` ones can sit on a
 # conv2d/dense node; the others become a node of their own.
@@ -59,6 +60,7 @@ class _Tensor:
         self.pad = pad              # pending ZeroPadding2D: (source _Tensor, (t, l, b, r))
         self.pad_layer = None       # name of that ZeroPadding2D layer
         self.keras_id = None        # the Keras tensor this stands for
+        self.twin = None            # for a vector flattened from a 1x1 image: that image
 
 
 # --------------------------------------------------------------------------
@@ -430,7 +432,6 @@ class _Converter:
     def __init__(self, weights: _Weights):
         self.w = weights
         self.nodes = []
-        self.tensors: Dict[str, _Tensor] = {}
         self.producer: Dict[str, int] = {}      # cnnrt tensor -> index in self.nodes
         self.readers: Dict[str, int] = {}       # Keras tensor -> number of readers
         self.outputs = set()
@@ -471,8 +472,10 @@ class _Converter:
 
     def take_pad(self, t, call, pool_kernel=None, nonneg_needed=False):
         """Fold a pending ZeroPadding2D into this layer when it is its only reader."""
-        if t.pad is None or self.readers.get(t.keras_id, 0) != 1 or t.keras_id in self.outputs:
-            return self.materialize(t), (0, 0, 0, 0)
+        # folding leaves the pending padding itself untouched, so other readers
+        # of the padded tensor still see it (folded, or materialised once)
+        if t.pad is None:
+            return t, (0, 0, 0, 0)
         src, pads = t.pad
         if pool_kernel is not None:
             kh, kw = pool_kernel
@@ -508,6 +511,16 @@ class _Converter:
             raise ConversionError(f"Softmax layer '{call.name}': only the channel axis (-1) is "
                                   f"supported, got axis {axis}")
         return self.emit("softmax", name, [t], t.shape, nonneg=True, axis=1)
+
+    def prune(self, output):
+        """Drop nodes whose result nobody reads (e.g. a flatten undone by a Reshape)."""
+        needed = {output}
+        keep = []
+        for n in reversed(self.nodes):
+            if n.outputs[0] in needed:
+                keep.append(n)
+                needed.update(n.inputs)
+        self.nodes = keep[::-1]
 
     # ------------------------------------------------------------ layers
     def convert(self, call, ins):
@@ -653,7 +666,9 @@ class _Converter:
         out = self.emit(op, call.node_name, [t], (C, 1, 1), nonneg=t.nonneg)
         if cfg.get("keepdims", False):
             return out
-        return self.emit("flatten", call.node_name + "/flatten", [out], (C,), nonneg=t.nonneg)
+        flat = self.emit("flatten", call.node_name + "/flatten", [out], (C,), nonneg=t.nonneg)
+        flat.twin = out
+        return flat
 
     def _GlobalAveragePooling2D(self, call, cfg, ins):
         return self._global(call, cfg, ins, "globalavgpool")
@@ -672,6 +687,8 @@ class _Converter:
         out = self.emit("flatten", call.node_name, [t], (C * H * W,), nonneg=t.nonneg)
         if H * W > 1 and C > 1:
             out.hwc = (C, H, W)
+        elif H * W == 1:
+            out.twin = t
         return out
 
     def _Dense(self, call, cfg, ins):
@@ -822,6 +839,56 @@ class _Converter:
         out.pad_layer = call.name
         return out
 
+    def _Rescaling(self, call, cfg, ins):
+        t = self.materialize(ins[0])
+        if len(t.shape) != 3:
+            raise ConversionError(f"Rescaling layer '{call.name}' is only supported on an image input")
+        C = t.shape[0]
+        values = []
+        for key, default in (("scale", 1.0), ("offset", 0.0)):
+            v = np.asarray(cfg.get(key, default), dtype=np.float64).reshape(-1)
+            if v.size not in (1, C) or not np.all(np.isfinite(v)):
+                raise ConversionError(f"Rescaling layer '{call.name}': {key} must be one number or "
+                                      f"one per channel ({C}), got {cfg.get(key)!r}")
+            values.append(np.broadcast_to(v, (C,)))
+        scale, offset = values
+        out = self.emit("conv2d", call.node_name, [t], t.shape,
+                        {"weight": scale.reshape(C, 1, 1, 1), "bias": offset},
+                        nonneg=t.nonneg and np.all(scale >= 0) and np.all(offset >= 0),
+                        kernel=[1, 1], stride=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1],
+                        groups=C, activation="none")
+        self.notes.append(f"{out.name}: Rescaling written as a 1x1 depthwise conv2d (x * scale + offset)")
+        return out
+
+    def _Reshape(self, call, cfg, ins):
+        """Reshapes that keep the element order: image <-> vector around 1x1 images, or a flatten."""
+        t = self.materialize(ins[0])
+        target = cfg.get("target_shape")
+        if not isinstance(target, list) or not all(isinstance(v, int) for v in target):
+            raise ConversionError(f"Reshape layer '{call.name}': target_shape {target!r} is not a list of integers")
+        size = int(np.prod(t.shape))
+        if target.count(-1) == 1:
+            known = int(np.prod([v for v in target if v != -1]))
+            if known <= 0 or size % known:
+                raise ConversionError(f"Reshape layer '{call.name}': cannot reshape {size} values to {target}")
+            target = [size // known if v == -1 else v for v in target]
+        if int(np.prod(target)) != size or any(v <= 0 for v in target):
+            raise ConversionError(f"Reshape layer '{call.name}': cannot reshape {size} values to {target}")
+        image = len(t.shape) == 3
+        if len(target) == 1:
+            if image:
+                return self._Flatten(call, {}, [t])
+            return t
+        if len(target) == 3 and target[0] * target[1] == 1:
+            if image:   # (1, 1, C) -> (1, 1, C)
+                return t
+            if t.twin is not None:   # the vector was flattened from this 1x1 image
+                return t.twin
+        shown = "x".join(str(v) for v in (t.shape[1:] + t.shape[:1] if image else t.shape))
+        raise ConversionError(f"Reshape layer '{call.name}': reshaping {shown} to {target} is not "
+                              "supported (only flattening, and a vector back to the 1x1 image it "
+                              "was flattened from)")
+
     def _Add(self, call, cfg, ins):
         ts = [self.materialize(t) for t in ins]
         if len(ts) < 2:
@@ -958,6 +1025,7 @@ def _convert_file(fh, path):
     if out.hwc is not None:
         raise ConversionError(f"{path}: the model output is a flattened image; its element order "
                               "would differ from Keras (end the model with a Dense or a pooling layer)")
+    conv.prune(out.name)
     graph = Graph(nodes=conv.nodes, input_shape=(C, H, W), inputs=[in_name], outputs=[out.name],
                   input_layout="NHWC")
     graph.meta["keras_version"] = weights.keras_version
