@@ -273,6 +273,26 @@ def test_network_matches_keras(name, tmp_path):
         assert ops_of(report).count("concat") == 3
 
 
+APPLICATIONS = {
+    "MobileNet": lambda: keras.applications.MobileNet((64, 64, 3), alpha=0.25, weights=None, classes=10),
+    "MobileNetV2": lambda: keras.applications.MobileNetV2((64, 64, 3), alpha=0.35, weights=None,
+                                                          classes=10),
+    "DenseNet121": lambda: keras.applications.DenseNet121((32, 32, 3), weights=None, classes=10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_keras_applications(name, tmp_path):
+    """Keras' own architectures (random weights, nothing downloaded)."""
+    model = randomize(APPLICATIONS[name](), seed=7)
+    x = np.random.default_rng(6).uniform(-1, 1, (2,) + tuple(model.input_shape[1:])).astype(np.float32)
+    report, _ = check(model, tmp_path, x=x)
+    if name.startswith("MobileNet"):   # every BatchNormalization follows a convolution
+        assert "batchnorm2d" not in ops_of(report)
+    else:                              # DenseNet normalises concatenations (pre-activation)
+        assert any("BatchNormalization folded" in n for n in report.notes)
+
+
 def test_resnet_stem_padding_folds_into_conv_and_pool(tmp_path):
     model = randomize(resnet(), seed=3)
     report, _ = check(model, tmp_path)
