@@ -25,7 +25,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..format import Graph, node
+from ..errors import ModelFormatError
+from ..format import Graph, node, validate
+from ..ops import MAX_DIM
 from .errors import ConversionError, UnsupportedOpsError
 
 # Layers that do nothing at inference time.
@@ -388,14 +390,17 @@ def _order(calls, inputs):
 # Layer attributes
 # --------------------------------------------------------------------------
 
-def _pair(value, what, name):
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], int):
-        return (value[0], value[0])
-    raise ConversionError(f"layer '{name}': {what} {value!r} is not one or two integers")
+def _pair(value, what, name, low=1):
+    """One or two integers from a layer config, each in ``low .. MAX_DIM``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (isinstance(value, list) and len(value) in (1, 2)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        pair = (value[0], value[-1])
+        if all(low <= v <= MAX_DIM for v in pair):
+            return pair
+    raise ConversionError(f"layer '{name}': {what} {value!r} is not one or two integers "
+                          f"from {low} to {MAX_DIM}")
 
 
 def _same_pads(size, k, s, d):
@@ -823,17 +828,12 @@ class _Converter:
             raise ConversionError(f"ZeroPadding2D layer '{call.name}': data_format "
                                   f"{cfg.get('data_format')!r} is not supported (channels_last only)")
         p = cfg.get("padding", 1)
-        if isinstance(p, int):
-            pads = (p, p, p, p)
-        elif isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p):
-            pads = (p[0], p[1], p[0], p[1])
-        elif (isinstance(p, list) and len(p) == 2 and all(isinstance(v, list) and len(v) == 2 for v in p)
-              and all(isinstance(x, int) for v in p for x in v)):
-            pads = (p[0][0], p[1][0], p[0][1], p[1][1])
+        if isinstance(p, list) and len(p) == 2 and all(isinstance(v, list) for v in p):
+            (t_, b_), (l_, r_) = (_pair(v, "padding", call.name, low=0) for v in p)
+            pads = (t_, l_, b_, r_)
         else:
-            raise ConversionError(f"ZeroPadding2D layer '{call.name}': padding {p!r} is not understood")
-        if min(pads) < 0:
-            raise ConversionError(f"ZeroPadding2D layer '{call.name}': negative padding {p!r}")
+            ph, pw = _pair(p, "padding", call.name, low=0)
+            pads = (ph, pw, ph, pw)
         C, H, W = t.shape
         out = _Tensor(call.node_name, (C, H + pads[0] + pads[2], W + pads[1] + pads[3]), pad=(t, pads))
         out.pad_layer = call.name
@@ -1028,6 +1028,10 @@ def _convert_file(fh, path):
     conv.prune(out.name)
     graph = Graph(nodes=conv.nodes, input_shape=(C, H, W), inputs=[in_name], outputs=[out.name],
                   input_layout="NHWC")
+    try:
+        validate(graph)
+    except ModelFormatError as exc:
+        raise ConversionError(f"{path}: the model does not convert to a valid cnnrt graph: {exc}") from None
     graph.meta["keras_version"] = weights.keras_version
     name = config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None
     if name:
