@@ -19,6 +19,7 @@ keras = pytest.importorskip("keras")
 
 import cnnrt  # noqa: E402
 from cnnrt.convert import ConversionError, UnsupportedOpsError, from_keras  # noqa: E402
+from cnnrt.convert.keras import is_keras_file  # noqa: E402
 from conftest import assert_close  # noqa: E402
 from keras_files import chunk_attribute, to_keras2  # noqa: E402
 
@@ -852,3 +853,52 @@ def test_two_inputs_refused(tmp_path):
     a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
     model = keras.Model([a, b], L.Add()([a, b]))
     refuse(save(model, tmp_path), tmp_path, match="2 inputs")
+
+
+def test_is_keras_file(tmp_path):
+    src = save(keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(2, 3)]), tmp_path)
+    assert is_keras_file(src)
+    from_keras(src, tmp_path / "c.h5")
+    assert not is_keras_file(tmp_path / "c.h5")
+    (tmp_path / "t.txt").write_text("text")
+    assert not is_keras_file(tmp_path / "t.txt")
+    assert not is_keras_file(tmp_path / "absent.h5")
+
+
+def _mutate(obj, rng):
+    """Delete or replace one random entry somewhere inside a JSON value."""
+    spots = []
+
+    def walk(o):
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            spots.append((o, k))
+            walk(v)
+    walk(obj)
+    holder, key = spots[rng.integers(len(spots))]
+    if isinstance(holder, dict) and rng.random() < 0.4:
+        del holder[key]
+    else:
+        choices = [None, 0, -1, 2.5, "x", [], {}, [1], ["a", 0, 0], True, 10 ** 9]
+        holder[key] = choices[rng.integers(len(choices))]
+
+
+@pytest.mark.parametrize("build", [nested_model, lenet])
+def test_damaged_configs_raise_conversion_errors_only(build, tmp_path):
+    """Random damage to the model config ends in ConversionError or a valid model, never a crash."""
+    src = save(randomize(build(), seed=91), tmp_path)
+    with h5py.File(src, "r") as fh:
+        original = fh.attrs["model_config"]
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(150):
+        config = json.loads(original)
+        for _ in range(rng.integers(1, 4)):
+            _mutate(config, rng)
+        with h5py.File(src, "r+") as fh:
+            fh.attrs["model_config"] = json.dumps(config)
+        try:
+            from_keras(src, None)
+        except ConversionError:
+            refused += 1
+    assert refused > 50

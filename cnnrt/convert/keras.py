@@ -947,6 +947,17 @@ def _unsupported(calls):
     return bad
 
 
+def is_keras_file(path) -> bool:
+    """True when ``path`` is an HDF5 file written by Keras' ``model.save`` (never raises)."""
+    try:
+        import h5py
+
+        with h5py.File(os.fspath(path), "r", locking=False) as fh:
+            return "model_config" in fh.attrs and "model_weights" in fh
+    except Exception:
+        return False
+
+
 def keras_to_graph(path) -> Tuple[Graph, List[str]]:
     """Read a Keras legacy ``.h5`` model and return ``(graph, notes)``.
 
