@@ -43,9 +43,11 @@ def randomize(model, seed=0):
         for v in layer.weights:
             shape = tuple(v.shape)
             name = v.name.split("/")[-1].split(":")[0]
-            if name == "moving_variance":
+            if name in ("moving_variance", "variance"):
                 a = rng.uniform(0.5, 2.0, shape)
-            elif name == "moving_mean":
+            elif name == "count":
+                a = np.full(shape, 100.0)
+            elif name in ("moving_mean", "mean"):
                 a = rng.normal(0.0, 0.5, shape)
             elif name == "gamma":
                 a = rng.uniform(0.5, 1.5, shape)
@@ -535,6 +537,19 @@ def test_rescaling_and_reshape_head(tmp_path):
     report, net = check(model, tmp_path, x=x)
     assert net.output_shape == (5,)
     assert ops_of(report).count("flatten") == 1     # the flatten undone by Reshape is dropped
+
+
+@pytest.mark.parametrize("kind", ["given", "adapted", "inverted"])
+def test_normalization(kind, tmp_path):
+    rng = np.random.default_rng(12)
+    if kind == "adapted":
+        norm = L.Normalization()
+        norm.adapt(rng.uniform(0, 5, (20, 6, 6, 3)).astype(np.float32))
+    else:
+        norm = L.Normalization(mean=[1.0, 2.0, 3.0], variance=[0.5, 4.0, 9.0], invert=kind == "inverted")
+    model = randomize(keras.Sequential([keras.Input((6, 6, 3)), norm, L.Conv2D(4, 3)]), seed=75)
+    report, _ = check(model, tmp_path)
+    assert any("Normalization" in n for n in report.notes)
 
 
 def test_reshape_that_reorders_refused(tmp_path):

@@ -38,7 +38,7 @@ _SUPPORTED = {"InputLayer", "Conv2D", "Convolution2D", "DepthwiseConv2D", "Separ
               "SeparableConvolution2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D",
               "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D",
               "GlobalMaxPool2D", "Dense", "Flatten", "BatchNormalization", "Activation", "ReLU",
-              "LeakyReLU", "ZeroPadding2D", "Add", "Concatenate", "Softmax", "Rescaling",
+              "LeakyReLU", "ZeroPadding2D", "Add", "Concatenate", "Softmax", "Rescaling", "Normalization",
               "Reshape"} | _IDENTITY
 
 # Keras activation names -> how cnnrt runs them.  ``fused`` ones can sit on a
@@ -839,26 +839,52 @@ class _Converter:
         out.pad_layer = call.name
         return out
 
+    def _per_channel(self, call, key, value, C):
+        v = np.asarray(value, dtype=np.float64).reshape(-1)
+        if v.size not in (1, C) or not np.all(np.isfinite(v)):
+            raise ConversionError(f"{call.cls} layer '{call.name}': {key} must be one number or "
+                                  f"one per channel ({C}), got {value!r}")
+        return np.broadcast_to(v, (C,))
+
+    def _affine(self, call, t, scale, offset, what):
+        """``x * scale + offset`` per channel, as a 1x1 depthwise conv2d."""
+        C = t.shape[0]
+        out = self.emit("conv2d", call.node_name, [t], t.shape,
+                        {"weight": scale.reshape(C, 1, 1, 1), "bias": offset},
+                        nonneg=bool(t.nonneg and np.all(scale >= 0) and np.all(offset >= 0)),
+                        kernel=[1, 1], stride=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1],
+                        groups=C, activation="none")
+        self.notes.append(f"{out.name}: {what} written as a 1x1 depthwise conv2d")
+        return out
+
     def _Rescaling(self, call, cfg, ins):
         t = self.materialize(ins[0])
         if len(t.shape) != 3:
             raise ConversionError(f"Rescaling layer '{call.name}' is only supported on an image input")
         C = t.shape[0]
-        values = []
-        for key, default in (("scale", 1.0), ("offset", 0.0)):
-            v = np.asarray(cfg.get(key, default), dtype=np.float64).reshape(-1)
-            if v.size not in (1, C) or not np.all(np.isfinite(v)):
-                raise ConversionError(f"Rescaling layer '{call.name}': {key} must be one number or "
-                                      f"one per channel ({C}), got {cfg.get(key)!r}")
-            values.append(np.broadcast_to(v, (C,)))
-        scale, offset = values
-        out = self.emit("conv2d", call.node_name, [t], t.shape,
-                        {"weight": scale.reshape(C, 1, 1, 1), "bias": offset},
-                        nonneg=t.nonneg and np.all(scale >= 0) and np.all(offset >= 0),
-                        kernel=[1, 1], stride=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1],
-                        groups=C, activation="none")
-        self.notes.append(f"{out.name}: Rescaling written as a 1x1 depthwise conv2d (x * scale + offset)")
-        return out
+        scale = self._per_channel(call, "scale", cfg.get("scale", 1.0), C)
+        offset = self._per_channel(call, "offset", cfg.get("offset", 0.0), C)
+        return self._affine(call, t, scale, offset, "Rescaling (x * scale + offset)")
+
+    def _Normalization(self, call, cfg, ins):
+        t = self.materialize(ins[0])
+        if len(t.shape) != 3:
+            raise ConversionError(f"Normalization layer '{call.name}' is only supported on an image input")
+        axis = cfg.get("axis", -1)
+        if axis not in (-1, 3, [-1], [3]):
+            raise ConversionError(f"Normalization layer '{call.name}': only the channel axis (-1) "
+                                  f"is supported, got axis {axis!r}")
+        C = t.shape[0]
+        if cfg.get("mean") is not None and cfg.get("variance") is not None:
+            mean, var = cfg["mean"], cfg["variance"]
+        else:   # statistics from adapt(): stored as weights
+            mean, var = self.w.get(call, [("mean",), ("variance",), ("count",)])[:2]
+        mean = self._per_channel(call, "mean", mean, C)
+        var = self._per_channel(call, "variance", var, C)
+        std = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-7)   # Keras divides by max(sqrt(var), eps)
+        if cfg.get("invert", False):
+            return self._affine(call, t, std, mean, "Normalization (inverted)")
+        return self._affine(call, t, 1.0 / std, -mean / std, "Normalization ((x - mean) / std)")
 
     def _Reshape(self, call, cfg, ins):
         """Reshapes that keep the element order: image <-> vector around 1x1 images, or a flatten."""
