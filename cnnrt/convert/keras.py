@@ -21,7 +21,7 @@ rewritten to the format's layout:
 """
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class _Tensor:
     """A Keras tensor as seen by the converter: its cnnrt name and shape."""
 
     def __init__(self, name, shape, hwc=None, nonneg=False, pad=None):
-        self.name = name            # cnnrt tensor name (None while a pad is pending)
+        self.name = name            # cnnrt tensor name (the layer name while a pad is pending)
         self.shape = tuple(shape)   # cnnrt shape: (C, H, W) or (F,)
         self.hwc = hwc              # (C, H, W) when this 1-D tensor is an image flattened by
         #                             Keras in H, W, C order but stored in C, H, W order
@@ -622,10 +622,8 @@ class _Converter:
         return self._conv(pw_call, pw_cfg, [mid], arrays=[point] + arrays[2:])
 
     def activation_of(self, call, cfg):
-        act = _activation_name(cfg.get("activation", "linear"))
-        if act not in _FUSED_ACTIVATIONS and act not in _NODE_ACTIVATIONS:
-            raise AssertionError("checked before conversion")
-        return act
+        """The layer's activation name (unsupported ones were refused before converting)."""
+        return _activation_name(cfg.get("activation", "linear"))
 
     def _pool(self, call, cfg, ins, op):
         t = self.image(ins[0], call)
