@@ -182,7 +182,9 @@ class _Weights:
             try:
                 if ds.dtype.kind not in "fiu":
                     raise TypeError(f"dtype {ds.dtype}")
-                arr = np.asarray(ds[()], dtype=np.float64)
+                arr = np.asarray(ds[()])
+                if arr.dtype not in (np.float32, np.float64):
+                    arr = arr.astype(np.float64)
             except (OSError, TypeError, ValueError) as exc:
                 raise ConversionError(f"{self.path}: weight '{wname}' of {where} cannot be read ({exc})") from None
             if not np.all(np.isfinite(arr)):
@@ -740,7 +742,7 @@ class _Converter:
                                   f"(-1) is supported, got axis {axis}")
         scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
         roles = [("gamma",)] * scale + [("beta",)] * center + [("moving_mean",), ("moving_variance",)]
-        arrays = self.w.get(call, roles)
+        arrays = [a.astype(np.float64) for a in self.w.get(call, roles)]
         C = t.shape[0]
         for a in arrays:
             if a.shape != (C,):
