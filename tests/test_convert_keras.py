@@ -825,6 +825,10 @@ def test_bad_files(tmp_path):
         fh.create_dataset("data", data=np.arange(10))
     refuse(other, tmp_path, match="not a Keras model file")
 
+    native = str(tmp_path / "model.keras")
+    model.save(native)
+    refuse(native, tmp_path, match="zip archive")
+
     text = tmp_path / "text.h5"
     text.write_text("hello, not HDF5\n")
     refuse(str(text), tmp_path, match="not a readable HDF5 file")

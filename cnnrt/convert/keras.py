@@ -998,6 +998,14 @@ def keras_to_graph(path) -> Tuple[Graph, List[str]]:
     if os.path.isdir(path):
         raise ConversionError(f"{path}: is a directory, not a Keras .h5 file")
     try:
+        with open(path, "rb") as raw:
+            magic = raw.read(4)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if magic == b"PK\x03\x04":
+        raise ConversionError(f"{path}: is a zip archive (the native .keras format or a SavedModel "
+                              "archive); load it in Keras and save it with model.save('name.h5')")
+    try:
         fh = h5py.File(path, "r", locking=False)
     except Exception as exc:
         raise ConversionError(f"{path}: not a readable HDF5 file ({exc}); a Keras model must be "
