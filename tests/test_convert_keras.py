@@ -420,6 +420,17 @@ def test_batchnorm_variants(tmp_path):
     assert sum("BatchNormalization folded" in n for n in report.notes) == 2
 
 
+def test_batchnorm_not_folded_into_a_conv_read_elsewhere_through_dropout(tmp_path):
+    inp = keras.Input((8, 8, 3))
+    c = L.Conv2D(4, 3, padding="same")(inp)
+    b = L.BatchNormalization()(L.Dropout(0.5)(c))
+    c2 = L.Conv2D(4, 3, padding="same")(inp)
+    b2 = L.BatchNormalization()(L.Dropout(0.5)(c2))     # the only reader: folded
+    model = randomize(keras.Model(inp, L.Add()([c, b, b2])), seed=22)
+    report, _ = check(model, tmp_path)
+    assert ops_of(report).count("batchnorm2d") == 1
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_dilation(padding, tmp_path):
     model = randomize(keras.Sequential([

@@ -440,7 +440,9 @@ class _Converter:
         self.w = weights
         self.nodes = []
         self.producer: Dict[str, int] = {}      # cnnrt tensor -> index in self.nodes
-        self.readers: Dict[str, int] = {}       # Keras tensor -> number of readers
+        self.readers: Dict[str, int] = {}       # Keras tensor -> number of reading layers
+        #                                         (pass-through layers such as Dropout not counted)
+        self.tensors: Dict[str, _Tensor] = {}   # Keras tensor -> what it became
         self.outputs = set()
         self.notes: List[str] = []
         self.names = set()
@@ -518,6 +520,13 @@ class _Converter:
             raise ConversionError(f"Softmax layer '{call.name}': only the channel axis (-1) is "
                                   f"supported, got axis {axis}")
         return self.emit("softmax", name, [t], t.shape, nonneg=True, axis=1)
+
+    def sole_reader(self, t):
+        """True when one layer reads ``t`` (also through Dropout and other pass-through
+        layers, which hand on the same tensor) and it is not the model's output."""
+        aliases = [k for k, obj in self.tensors.items() if obj is t]
+        return (sum(self.readers.get(k, 0) for k in aliases) == 1
+                and not any(k in self.outputs for k in aliases))
 
     def prune(self, output):
         """Drop nodes whose result nobody reads (e.g. a flatten undone by a Reshape)."""
@@ -766,7 +775,7 @@ class _Converter:
         j = self.producer.get(t.name)
         prev = self.nodes[j] if j is not None else None
         if (prev is not None and prev.op in ("conv2d", "dense") and prev.attrs["activation"] == "none"
-                and self.readers.get(call.inputs[0], 0) == 1 and call.inputs[0] not in self.outputs):
+                and self.sole_reader(t)):
             factor = gamma / np.sqrt(var + eps)
             w = prev.weights["weight"].astype(np.float64)
             b = prev.weights.get("bias")
@@ -1047,12 +1056,14 @@ def _convert_file(fh, path):
 
     conv = _Converter(weights)
     for c in calls:
-        for t in c.inputs:
-            conv.readers[t] = conv.readers.get(t, 0) + 1
+        if c.cls not in _IDENTITY:
+            for t in c.inputs:
+                conv.readers[t] = conv.readers.get(t, 0) + 1
     conv.outputs = set(output_ids)
     in_name = input_ids[0]
     conv.names.add(in_name)
-    tensors: Dict[str, _Tensor] = {in_name: _Tensor(in_name, (C, H, W))}
+    tensors = conv.tensors
+    tensors[in_name] = _Tensor(in_name, (C, H, W))
     for c in calls:
         ins = []
         for tid in c.inputs:
