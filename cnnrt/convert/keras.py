@@ -61,7 +61,6 @@ class _Tensor:
         self.nonneg = nonneg        # known to hold no negative value
         self.pad = pad              # pending ZeroPadding2D: (source _Tensor, (t, l, b, r))
         self.pad_layer = None       # name of that ZeroPadding2D layer
-        self.keras_id = None        # the Keras tensor this stands for
         self.twin = None            # for a vector flattened from a 1x1 image: that image
 
 
@@ -1065,17 +1064,13 @@ def _convert_file(fh, path):
     tensors = conv.tensors
     tensors[in_name] = _Tensor(in_name, (C, H, W))
     for c in calls:
-        ins = []
-        for tid in c.inputs:
-            t = tensors[tid]
-            t.keras_id = tid
-            ins.append(t)
+        ins = [tensors[tid] for tid in c.inputs]
         if not ins:
             raise ConversionError(f"{path}: layer '{c.name}' has no input")
         tensors[c.output] = conv.convert(c, ins)
-    out = tensors[output_ids[0]]
-    out.keras_id = output_ids[0]
-    out = conv.materialize(out)
+    if output_ids[0] not in tensors:
+        raise ConversionError(f"{path}: the model output '{output_ids[0]}' is not produced by any layer")
+    out = conv.materialize(tensors[output_ids[0]])
     if out.name == in_name:
         raise ConversionError(f"{path}: the model does nothing (its output is its input)")
     if out.hwc is not None:
