@@ -126,13 +126,18 @@ def _run_parser():
         epilog="Exit status: 0 success, 1 a model or image could not be used, 2 bad arguments.",
     )
     p.add_argument("model", metavar="MODEL", help="model file (.h5)")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image files (PNG, JPEG, ...) or folders (searched recursively)")
     p.add_argument("--top", metavar="K", type=_positive_int, default=1,
                    help="print the K best classes (default 1)")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per image: {"image", "top": [{"index", "label", "score"}]}')
     p.add_argument("--threads", metavar="N", type=_positive_int, default=None,
                    help="kernel threads (default: every core)")
+    p.add_argument("--batch", metavar="B", type=_positive_int, default=16,
+                   help="images decoded (in parallel) and run together (default 16)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write one row per image to FILE (.csv or .jsonl) instead of printing")
     p.add_argument("--profile", action="store_true",
                    help="after classifying, time every node on the first image and print "
                         "the table (to stderr)")
@@ -179,45 +184,168 @@ def main_run(argv: Optional[List[str]] = None) -> int:
     return _guard(parser.prog, lambda: _run(parser.prog, args))
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm", ".pgm", ".pbm")
+
+
+def _expand(paths):
+    """Files as given; folders replaced by their image files (recursive, sorted)."""
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found.extend(os.path.join(root, f) for f in files
+                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+            yield from sorted(found)
+        else:
+            yield path
+
+
+class _Rows:
+    """Rows of --out, written to a temporary file renamed into place at the end."""
+
+    def __init__(self, path, top):
+        import tempfile
+
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in (".csv", ".jsonl"):
+            raise ValueError(f"--out must end in .csv or .jsonl, got {path!r}")
+        self.path, self.jsonl, self.top = path, ext == ".jsonl", top
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.tmp = tempfile.mkstemp(prefix=".cnnrt-", suffix=ext + ".tmp", dir=folder)
+        self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        if not self.jsonl:
+            import csv
+
+            self.csv = csv.writer(self.fh)
+            head = ["path", "label", "score", "index"]
+            for k in range(2, top + 1):
+                head += [f"label_{k}", f"score_{k}", f"index_{k}"]
+            self.csv.writerow(head)
+
+    def write(self, path, ranked):
+        if self.jsonl:
+            self.fh.write(json.dumps({"path": path, "top": [{"index": i, "label": l, "score": s}
+                                                             for i, l, s in ranked]},
+                                     ensure_ascii=False, allow_nan=False) + "\n")
+        else:
+            row = [path]
+            for i, l, s in ranked:
+                row += [l, "" if s is None else f"{s:.6g}", i]
+            self.csv.writerow(row)
+
+    def close(self, keep):
+        from .format import _umask
+
+        self.fh.close()
+        if keep:
+            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+
+
+def _progress(total):
+    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+
+
 def _run(prog, args):
-    from .image import ImageError
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .image import ImageError, load_image
+    from .model import get_num_threads
 
     model = _load_model(prog, args.model, args.threads)
     if model is None:
         return EXIT_FAILURE
     labels = model.labels
     kind = "probability" if _output_op(model.graph) == "softmax" else "score"
+    shape, layout, pre = model.graph.input_shape, model.input_layout, model.preprocess
     failed = 0
-    profiled = None
-    for path in args.images:
+    paths = []
+    for path in _expand(args.images):
+        paths.append(path)
+    if not paths:
+        _fail(prog, "no image files found")
+        return EXIT_FAILURE
+    rows = None
+    if args.out is not None:
         try:
-            scores = model.predict_image(path)
+            rows = _Rows(args.out, args.top)
+        except (ValueError, OSError) as exc:
+            _fail(prog, f"{args.out}: {_one_line(exc)}")
+            return EXIT_FAILURE
+    bar = _progress(len(paths)) if rows is not None else None
+
+    def label(i):
+        return labels[i] if labels is not None and i < len(labels) else str(i)
+
+    def decode(path):
+        try:
+            return load_image(path, shape, layout, pre), None
         except (ImageError, OSError, ValueError, MemoryError) as exc:
-            _fail(prog, _error_message(exc, path))
-            failed += 1
-            continue
-        flat, best = _top(scores, args.top)
+            return None, exc
 
-        def label(i):
-            return labels[i] if labels is not None and i < len(labels) else str(i)
-
-        if args.json:
-            record = {"image": path,
-                      "top": [{"index": int(i), "label": label(i), "score": _json_number(flat[i])}
-                              for i in best]}
-            print(json.dumps(record, ensure_ascii=False, allow_nan=False))
-        elif args.top == 1:
-            i = best[0]
-            print(f"{path}: {label(i)} ({kind} {flat[i]:.4f})")
-        else:
-            print(f"{path}:")
-            width = max(len(label(i)) for i in best)
-            for i in best:
-                print(f"  {label(i):<{width}}  ({kind} {flat[i]:.4f})")
-        sys.stdout.flush()
-        if args.profile and profiled is None:
-            profiled = path
-            _print_profile(model, path)
+    profiled = None
+    ok = False
+    try:
+        with ThreadPoolExecutor(max(1, min(8, get_num_threads()))) as pool:
+            for start in range(0, len(paths), args.batch):
+                chunk = paths[start:start + args.batch]
+                decoded = list(pool.map(decode, chunk))
+                good = [x for x, err in decoded if err is None]
+                scores = model.predict(np.stack(good)) if good else None
+                j = 0
+                for path, (x, err) in zip(chunk, decoded):
+                    if err is not None:
+                        _fail(prog, _error_message(err, path))
+                        failed += 1
+                        continue
+                    flat, best = _top(scores[j], args.top)
+                    j += 1
+                    if rows is not None:
+                        rows.write(path, [(int(i), label(i), _json_number(flat[i])) for i in best])
+                    elif args.json:
+                        record = {"image": path,
+                                  "top": [{"index": int(i), "label": label(i),
+                                           "score": _json_number(flat[i])} for i in best]}
+                        print(json.dumps(record, ensure_ascii=False, allow_nan=False))
+                    elif args.top == 1:
+                        i = best[0]
+                        print(f"{path}: {label(i)} ({kind} {flat[i]:.4f})")
+                    else:
+                        print(f"{path}:")
+                        width = max(len(label(i)) for i in best)
+                        for i in best:
+                            print(f"  {label(i):<{width}}  ({kind} {flat[i]:.4f})")
+                    if args.profile and profiled is None:
+                        profiled = path
+                        _print_profile(model, path)
+                if rows is None:
+                    sys.stdout.flush()
+                if bar is not None:
+                    bar.update(len(chunk))
+        ok = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if rows is not None:
+            rows.close(keep=ok)
+    if rows is not None:
+        done = len(paths) - failed
+        sys.stderr.write(f"{prog}: wrote {done} row(s) to {args.out}"
+                         + (f"; {failed} image(s) failed" if failed else "") + "\n")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
