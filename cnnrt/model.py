@@ -242,6 +242,7 @@ class Model:
         self._threads = _check_threads(threads)
         self._shapes = validate(graph, memory_limit)
         self._lock = threading.Lock()
+        self._active = 0  # predict calls in flight (they share the cores)
         self._arenas: List[np.ndarray] = []
         self._build()
 
@@ -522,11 +523,22 @@ class Model:
         x = self._prepare(x)
         n = x.shape[0]
         out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
-        arena = self._take_arena(self._plan.arena_size(n, nt))
+        with self._lock:
+            self._active += 1
+            # calls from several Python threads at once share the cores
+            # instead of each starting a full team (results do not depend on
+            # the thread count)
+            if threads is None and self._active > 1:
+                nt = max(1, nt // self._active)
         try:
-            self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
+            arena = self._take_arena(self._plan.arena_size(n, nt))
+            try:
+                self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
+            finally:
+                self._give_arena(arena)
         finally:
-            self._give_arena(arena)
+            with self._lock:
+                self._active -= 1
         return out
 
     def profile(self, x, repeats: int = 10, threads: Optional[int] = None):
