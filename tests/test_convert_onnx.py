@@ -628,11 +628,14 @@ def test_cli_subprocess(tmp_path):
     import subprocess
     import sys
 
+    # the cnnrt this test imported (installed, or built in place), not the source tree's
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(cnnrt.__file__)))
     dst = tmp_path / "digits.onnx"
     res = subprocess.run([sys.executable, "-m", "cnnrt.convert.cli", os.path.join(MODELS, "digits.h5"),
-                          str(dst)], capture_output=True, text=True, timeout=120)
+                          str(dst)], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     assert dst.exists()
     res = subprocess.run([sys.executable, "-m", "cnnrt.convert.cli", str(dst), str(tmp_path / "d.h5"),
-                          "--preprocess", "bogus"], capture_output=True, text=True, timeout=120)
+                          "--preprocess", "bogus"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env=env)
     assert res.returncode == 2 and res.stderr.startswith("cnnrt-convert: error:")
