@@ -83,7 +83,7 @@ def _load_model(prog, path, threads=None):
     import cnnrt
 
     try:
-        return cnnrt.load(path, threads=threads)
+        return cnnrt.load(path, threads=threads, isolate=True)  # a file from anywhere
     except cnnrt.ModelFormatError as exc:
         msg = _one_line(exc)
         _fail(prog, msg if path in msg else f"{path}: {msg}")

@@ -39,7 +39,7 @@ def _model(path, threads):
 
             for old in [k for k in _models if k[0] == key[0]]:
                 del _models[old]
-            model = _models[key] = cnnrt.load(path, threads=threads)
+            model = _models[key] = cnnrt.load(path, threads=threads, isolate=True)
     return model
 
 

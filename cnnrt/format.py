@@ -17,6 +17,7 @@ read.
 """
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from math import prod
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -381,6 +382,65 @@ def _walk_links(group, path, seen):
                     continue
                 seen.add(ident)
                 _walk_links(obj, f"{path}{key}/", seen)
+
+
+def check_isolated(path, memory_limit: int = DEFAULT_MEMORY_LIMIT, timeout: float = 60.0) -> None:
+    """Read and validate ``path`` in a forked child process first.
+
+    cnnrt validates everything it reads, but the HDF5 library itself parses
+    the file's internal structures (object headers, heaps, B-trees) before
+    cnnrt sees a value, and byte-level damage there can crash that library.
+    In a child, such a crash (or a hang) becomes a ModelFormatError here
+    instead of taking the process down.  Needs ``os.fork`` (POSIX); elsewhere
+    it does nothing.
+    """
+    import select
+    import signal
+
+    if not hasattr(os, "fork"):
+        return
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: parse, report, leave without cleanup
+        code = 1
+        try:
+            os.close(rfd)
+            try:
+                read_model(path, memory_limit)
+                msg = b""
+                code = 0
+            except ModelFormatError as exc:
+                msg = str(exc).encode("utf-8", "replace")[:4000]
+            except BaseException as exc:  # noqa: BLE001 - reported, parsed again in the parent
+                msg = b"\0" + f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000]
+            os.write(wfd, msg)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([rfd], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise _err(os.fspath(path), f"reading the file took longer than {timeout:.0f} s")
+            data = os.read(rfd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise _err(os.fspath(path), f"the file is damaged: the HDF5 library crashed reading it "
+                                    f"(signal {os.WTERMSIG(status)})")
+    msg = b"".join(chunks)
+    if msg and not msg.startswith(b"\0"):
+        raise ModelFormatError(msg.decode("utf-8", "replace"))
+    # success, or an unexpected exception: the in-process read reports it
 
 
 def read_model(path, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> Graph:

@@ -143,17 +143,26 @@ def _check_threads(threads, what="threads"):
     return int(threads)
 
 
-def load(path, threads: Optional[int] = None, memory_limit: Optional[int] = None) -> "Model":
+def load(path, threads: Optional[int] = None, memory_limit: Optional[int] = None,
+         isolate: bool = False) -> "Model":
     """Read, validate and plan a model file.
 
     ``threads``: kernel threads per ``predict`` call (``None``: every core).
     ``memory_limit``: bytes a model may ask for (weights, and activations
-    per sample); default 4 GiB.  Raises ModelFormatError for a bad file.
+    per sample); default 4 GiB.  ``isolate=True`` first reads the file in a
+    forked child (``cnnrt.format.check_isolated``), so that damage which
+    crashes the HDF5 library is refused instead of crashing this process:
+    use it for files from untrusted sources.  Raises ModelFormatError for a
+    bad file.
     """
     limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else int(memory_limit)
     if limit <= 0:
         raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
     threads = _check_threads(threads)
+    if isolate:
+        from .format import check_isolated
+
+        check_isolated(path, memory_limit=limit)
     graph = read_model(path, memory_limit=limit)
     return Model(graph, threads=threads, memory_limit=limit)
 

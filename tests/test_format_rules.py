@@ -497,3 +497,21 @@ def test_writer_refuses_invalid_graph_and_keeps_old_file(tmp_path):
         write_model(path, bad)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.h5"]
+
+
+def test_isolated_load_survives_damage_that_crashes_hdf5():
+    # a byte-damaged file found by the fuzzer (tests/fuzz): with the HDF5
+    # library h5py bundles, reading one of its string attributes crashes that
+    # library; cnnrt.load(isolate=True), as the command lines use it, reads
+    # the file in a child process first and refuses it
+    import os
+
+    import cnnrt
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hdf5_heap_damage.h5")
+    with pytest.raises(cnnrt.ModelFormatError) as info:
+        cnnrt.load(path, isolate=True)
+    assert "hdf5_heap_damage.h5" in str(info.value)
+    # a good file loads the same with or without isolation
+    digits = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), "models", "digits.h5")
+    assert cnnrt.load(digits, isolate=True).input_shape == cnnrt.load(digits).input_shape

@@ -151,7 +151,7 @@ def create_app(model_path, *, threads: Optional[int] = None, max_batch: int = 16
     if not (isinstance(batch_window_ms, (int, float)) and 0 <= batch_window_ms <= 10000):
         raise ValueError(f"batch_window_ms must be between 0 and 10000, got {batch_window_ms!r}")
 
-    model = cnnrt.load(model_path, threads=threads)
+    model = cnnrt.load(model_path, threads=threads, isolate=True)
     labels = model.labels
     kind = "probability" if _output_op(model.graph) == "softmax" else "score"
     batcher = _Batcher(model, max_batch, batch_window_ms / 1000.0, max_queue)

@@ -49,6 +49,25 @@ def main(argv=None):
           f"results, {total['error']} other exceptions, {total['crash']} crashes, {total['hang']} hangs")
     for f in failures[:20]:
         print(json.dumps(f)[:400])
+    crashes = [f for f in failures if f["outcome"] == "crash"]
+    if crashes and args.save:
+        # the same files through cnnrt.load(isolate=True), as cnnrt-run, cnnrt-serve and
+        # cnnrt.dask load models: each must now be refused, in this process, alive
+        import glob
+
+        import cnnrt
+
+        refused = 0
+        for path in sorted(glob.glob(os.path.join(args.save, "job*", "mutant*.h5"))):
+            note = json.load(open(path[:-3] + ".json"))
+            if note["outcome"] != "crash":
+                continue
+            try:
+                cnnrt.load(path, isolate=True)
+            except cnnrt.ModelFormatError as exc:
+                refused += 1
+                print(f"isolate=True refuses {os.path.basename(path)}: {exc}")
+        print(f"crashing mutants refused by cnnrt.load(isolate=True): {refused} of {len(crashes)}")
     return 1 if failures else 0
 
 
