@@ -172,3 +172,31 @@ def test_cnnrt_serve_bad_model_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("cnnrt-serve: error:") and err.count("\n") == 1
     assert main(["--port", "x"]) == 2
+
+
+def test_cnnrt_serve_command(tmp_path):
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(cnnrt.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "cnnrt.serve.cli", DIGITS, "--port", str(port),
+                             "--threads", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "cnnrt-serve did not come up"
+            time.sleep(0.2)
+        with open(SAMPLES[3], "rb") as fh:
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", content=fh.read(), timeout=30)
+        assert r.status_code == 200 and r.json()["label"] == "3"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -52,7 +52,8 @@ def _serve(prog, args):
                batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
                max_body_bytes=max(1, int(args.max_body_mb * 1024 * 1024)), top_k=args.top)
     try:
-        app = create_app(**cfg)  # load once here: a bad model fails before listening
+        rest = {k: v for k, v in cfg.items() if k != "model"}
+        app = create_app(cfg["model"], **rest)  # load once here: a bad model fails before listening
     except (ValueError, OSError, ImportError) as exc:
         _fail(prog, f"{args.model}: {_one_line(exc)}")
         return EXIT_FAILURE
