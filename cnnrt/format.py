@@ -334,7 +334,8 @@ def _check_link(group, key, where):
     return link
 
 
-def _read_dataset(group, key, where, memory_limit):
+def _read_dataset(group, key, where, memory_limit, budget=None):
+    """Read one weight dataset; ``budget`` ([bytes left]) bounds all weights together."""
     import h5py
 
     _check_link(group, key, where)
@@ -357,6 +358,11 @@ def _read_dataset(group, key, where, memory_limit):
     nbytes = prod(shape) * 4
     if nbytes > memory_limit:
         raise _err(where, f"dataset '{key}' of shape {list(shape)} needs {nbytes} bytes, over the memory limit of {memory_limit} bytes")
+    if budget is not None:
+        if nbytes > budget[0]:
+            raise _err(where, f"dataset '{key}' brings the weights over the memory limit of "
+                              f"{memory_limit} bytes")
+        budget[0] -= nbytes
     try:
         data = np.empty(shape, dtype=np.float32)
         if data.size:
@@ -474,6 +480,7 @@ def _parse(path, memory_limit):
 def _parse_file(fh, memory_limit):
     import h5py
 
+    budget = [memory_limit]  # bytes all weight datasets together may take
     _walk_links(fh, "/", set())
     root = fh.attrs
     fmt = read_attr(root, "format", "string", "root")
@@ -526,7 +533,7 @@ def _parse_file(fh, memory_limit):
         weights = {}
         for wname in spec.weights + spec.optional_weights:
             if wname in g:
-                weights[wname] = _read_dataset(g, wname, where, memory_limit)
+                weights[wname] = _read_dataset(g, wname, where, memory_limit, budget)
             elif wname in spec.weights:
                 raise _err(where, f"missing dataset '{wname}'")
         nodes.append(Node(op, name, node_inputs, node_outputs, attrs, weights))

@@ -515,3 +515,18 @@ def test_isolated_load_survives_damage_that_crashes_hdf5():
     # a good file loads the same with or without isolation
     digits = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), "models", "digits.h5")
     assert cnnrt.load(digits, isolate=True).input_shape == cnnrt.load(digits).input_shape
+
+
+def test_weights_together_over_the_memory_limit(tmp_path):
+    import cnnrt
+
+    rng = np.random.default_rng(0)
+    nodes = [node("dense", f"fc{i}", ["input" if i == 0 else f"t{i - 1}"], f"t{i}" if i < 3 else "output",
+                  {"weight": rng.standard_normal((64, 64 if i else 64)).astype(np.float32)},
+                  activation="none") for i in range(4)]
+    path = tmp_path / "m.h5"
+    write_model(path, Graph(nodes, input_shape=(64, 1, 1)))
+    # each weight is 16 KiB: every one fits a 40 KiB limit, all four do not
+    with pytest.raises(cnnrt.ModelFormatError, match="over the memory limit"):
+        cnnrt.load(path, memory_limit=40 << 10)
+    assert cnnrt.load(path, memory_limit=1 << 20).output_shape == (64,)
