@@ -530,3 +530,21 @@ def test_weights_together_over_the_memory_limit(tmp_path):
     with pytest.raises(cnnrt.ModelFormatError, match="over the memory limit"):
         cnnrt.load(path, memory_limit=40 << 10)
     assert cnnrt.load(path, memory_limit=1 << 20).output_shape == (64,)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError])
+def test_write_model_interrupted_leaves_the_old_file(tmp_path, monkeypatch, exc):
+    import h5py
+
+    path = tmp_path / "m.h5"
+    path.write_bytes(b"the old model")
+    g = Graph([node("dense", "fc", ["input"], "output",
+                    {"weight": np.ones((2, 3), np.float32)}, activation="none")], input_shape=(3, 1, 1))
+
+    def boom(*a, **k):
+        raise exc("stopped while writing")
+    monkeypatch.setattr(h5py.Group, "create_dataset", boom)
+    with pytest.raises(exc):
+        write_model(path, g)
+    assert path.read_bytes() == b"the old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
