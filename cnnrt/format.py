@@ -15,6 +15,7 @@ plain numbers and strings, links to other files and external storage are
 refused, and every dataset's shape and dtype are checked before its data is
 read.
 """
+import contextlib
 import os
 import tempfile
 import time
@@ -667,6 +668,31 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
+
+    The temporary file gets the usual permissions (0666 minus the umask) and
+    is renamed into place only when the block finishes; on any exception,
+    KeyboardInterrupt included, it is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".cnnrt-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        # mkstemp creates the file private (0600); give it the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
     """Validate ``graph`` and write it to ``path`` atomically.
 
@@ -676,11 +702,7 @@ def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
     import h5py
 
     validate(graph, memory_limit=1 << 62)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnrt-", suffix=".h5.tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as fh:
             a = fh.attrs
             _str_attr(a, "format", FORMAT_NAME)
@@ -742,15 +764,6 @@ def write_model(path, graph: Graph, compression: Optional[str] = None) -> None:
                             p.attrs.create(key, np.float64(v))
                         else:
                             p.attrs.create(key, np.asarray(v, dtype=np.float64).reshape(-1))
-        # mkstemp creates the file private (0600); give it the usual mode
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def node(op: str, name: str, inputs: Sequence[str], output: str, weights=None, **attrs) -> Node:

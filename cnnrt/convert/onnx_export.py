@@ -9,12 +9,9 @@ position's taps, a Mul by the per-position weights and a ReduceSum.  A model
 whose input layout is NHWC gets a Transpose at its input, so the ONNX model
 takes what the cnnrt model takes.
 """
-import os
-import tempfile
-
 import numpy as np
 
-from ..format import _umask, read_model, validate
+from ..format import atomic_path, read_model, validate
 from .errors import ConversionError
 
 
@@ -188,18 +185,7 @@ def export_onnx(src, dst, opset=17):
     onnx.checker.check_model(model, full_check=True)
     if dst is None:
         return model
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnrt-", suffix=".onnx.tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(dst, ".onnx.tmp") as tmp:
         with open(tmp, "wb") as fh:
             fh.write(model.SerializeToString())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return model

@@ -12,9 +12,10 @@ code.  Arrays are stored under ``params/<layer>/<name>``,
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from ..format import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_compatible", "data_fingerprint",
            "CheckpointError"]
@@ -50,19 +51,9 @@ def save_checkpoint(path, net, optimizer, history, best_state, epoch, settings, 
             "history": history.to_dict(), "settings": settings, "fingerprint": fingerprint,
             "extra": extra or {}}
     arrays["info"] = np.array(json.dumps(info))
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnrt-ckpt-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path, ".npz.tmp") as tmp:
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def load_checkpoint(path):
