@@ -1,6 +1,4 @@
 """cnnrt.serve: a real server on 127.0.0.1 hit by concurrent clients, and the edge cases."""
-import io
-import json
 import os
 import socket
 import threading

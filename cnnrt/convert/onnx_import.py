@@ -20,8 +20,7 @@ Activations become cnnrt nodes.  Along the way:
 Every unsupported operator is collected, and one UnsupportedOpsError lists
 them all.
 """
-import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 

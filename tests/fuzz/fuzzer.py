@@ -13,7 +13,6 @@ attempted huge allocation fails fast instead of taking the machine down.
 
     python tests/fuzz/run_fuzz.py --count 100000 --seed 1 --jobs 2 --save failures/
 """
-import io
 import json
 import os
 import random
