@@ -206,7 +206,8 @@ def create_app(model_path, *, threads: Optional[int] = None, max_batch: int = 16
         except ValueError as exc:
             raise _HTTPError(400, str(exc)) from None
         out = out[0] if single else out
-        return {"outputs": np.where(np.isfinite(out), out, np.nan).tolist()}
+        # JSON has no NaN or infinity: non-finite outputs become null
+        return {"outputs": np.where(np.isfinite(out), out.astype(object), None).tolist()}
 
     async def predict(request):
         try:
