@@ -18,7 +18,6 @@ Needs torch (pip install torch==2.13.0), onnx and onnxruntime; whatever is
 missing is reported and skipped.
 """
 import argparse
-import io
 import os
 import platform
 import sys

@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _engine
-from .errors import ModelFormatError
 from .format import DEFAULT_MEMORY_LIMIT, Graph, Node, read_model, validate
 from .ops import OPS, softmax_axis
 

@@ -1,7 +1,6 @@
 """cnnrt.train end to end: training reduces the loss, saved files reproduce the
 training module's predictions through cnnrt.load, runs are reproducible, and
 checkpoints resume exactly."""
-import os
 
 import numpy as np
 import pytest

@@ -30,7 +30,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -18,7 +18,7 @@ computed here with the same float64 arithmetic in the same order.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 

@@ -14,7 +14,6 @@ class indices ``(N,)``.  The last layer gives one score (logit) per class;
 training minimises the softmax cross-entropy, ``predict`` returns softmax
 probabilities, as the saved model file does.
 """
-import json
 import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -25,7 +24,7 @@ from .. import _train as K
 from ..model import get_num_threads
 from . import checkpoint as ckpt
 from .export import save_model, to_graph
-from .layers import BatchNorm2d, Conv2d, Dense, Dropout, Layer, SoftmaxCrossEntropy, layer_from_config
+from .layers import Conv2d, Dense, Dropout, Layer, SoftmaxCrossEntropy, layer_from_config
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["Sequential", "History", "Augment"]
