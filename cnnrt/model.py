@@ -24,6 +24,21 @@ ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
 # Winograd F(4x4, 3x3) for eligible convolutions; CNNRT_WINOGRAD=0 turns it
 # off (for comparisons, and for tests of the direct kernels).
 USE_WINOGRAD = os.environ.get("CNNRT_WINOGRAD", "1").strip() not in ("0", "false", "no", "off")
+# Fewest 4x4 output tiles per image for which a layer runs as Winograd.
+WINOGRAD_MIN_TILES = 8
+# GEMM convolutions read their input in place (no packing) unless the grid
+# they read wastes more than this share of the work packing would do;
+# CNNRT_DIRECT=0 turns it off (for comparisons, and tests of the packed kernels).
+USE_DIRECT = os.environ.get("CNNRT_DIRECT", "1").strip() not in ("0", "false", "no", "off")
+DIRECT_MIN_EFFICIENCY = 0.8
+# 1x1 stride-1 convolutions pack: their taps are whole input planes apart,
+# and packing (with prefetching) streams them better than the micro-kernel.
+DIRECT_POINTWISE = False
+# GEMM convolutions with at most this many output positions per image pack
+# their input once per call into space shared by the threads, if the packed
+# input of one image is at most SHARED_PACK_FLOATS.
+SHARED_PACK_POSITIONS = 1024
+SHARED_PACK_FLOATS = 1 << 20
 
 if os.environ.get("CNNRT_ISA"):
     _engine.set_isa(os.environ["CNNRT_ISA"].strip().lower())
@@ -76,10 +91,68 @@ _WINO_G = np.array([
 
 
 def winograd_eligible(attrs, C, K, H2, W2) -> bool:
-    """Whether a conv2d runs as Winograd F(4x4, 3x3)."""
+    """Whether a conv2d runs as Winograd F(4x4, 3x3).
+
+    Winograd needs 4x the weight memory of the direct kernel (36 transformed
+    values per 3x3 filter), all of which every call reads.  With fewer than
+    ``WINOGRAD_MIN_TILES`` tiles per image (8: outputs smaller than about
+    12x12) it saves few multiplications and the weight traffic dominates, so
+    those layers run direct.
+    """
+    tiles = -(-H2 // 4) * -(-W2 // 4)
     return (USE_WINOGRAD and tuple(attrs["kernel"]) == (3, 3)
             and tuple(attrs["stride"]) == (1, 1) and tuple(attrs["dilation"]) == (1, 1)
-            and attrs["groups"] == 1 and C >= 16 and K >= 16 and H2 >= 4 and W2 >= 4)
+            and attrs["groups"] == 1 and C >= 16 and K >= 16 and tiles >= WINOGRAD_MIN_TILES)
+
+
+def direct_grid(attrs, C, H, W, H2, W2, groups):
+    """How a GEMM convolution reads its input in place, or None to pack it.
+
+    The input is read as a grid of planes in which every tap of a run of
+    output positions is one contiguous stretch: the input itself for 1x1
+    stride-1 unpadded convolutions (only with ``DIRECT_POINTWISE``), a
+    zero-padded copy for other stride-1 ones, and the stride phases
+    otherwise.  Output (oy, ox) is grid position
+    oy * gw + ox, and the grid columns past W2 are computed and dropped, so
+    narrow outputs with wide padding waste work; those are packed instead.
+    Returns the step fields (gw, gplane, gimage, gprep, toff and, for
+    phases, th and tw).
+    """
+    if not USE_DIRECT:
+        return None
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    pt, pl, pb, pr = attrs["padding"]
+    cg = C // groups
+    c = np.arange(cg).reshape(-1, 1, 1)
+    ky = np.arange(kh).reshape(1, -1, 1) * dh
+    kx = np.arange(kw).reshape(1, 1, -1) * dw
+    fields = {}
+    if (sh, sw) == (1, 1):
+        if (kh, kw) == (1, 1) and (pt, pl, pb, pr) == (0, 0, 0, 0):
+            if not DIRECT_POINTWISE:
+                return None
+            gprep, gw, gplane = 0, W, H * W
+        else:
+            gprep, gw = 1, W + pl + pr
+            gplane = (H + pt + pb) * gw
+        toff = c * gplane + ky * gw + kx
+    else:
+        hq, wq = -(-(H + pt + pb) // sh), -(-(W + pl + pr) // sw)
+        gprep, gw, gplane = 2, wq, sh * sw * hq * wq
+        toff = (((c * sh + ky % sh) * sw + kx % sw) * hq * wq + (ky // sh) * wq + kx // sw)
+        fields.update(th=hq, tw=wq)
+    nr = _engine.GEMM_NR
+    P = H2 * W2
+    eff_direct = P / (-(-(H2 * gw) // nr) * nr)
+    eff_packed = P / (-(-P // nr) * nr)
+    if eff_direct < DIRECT_MIN_EFFICIENCY * eff_packed:
+        return None
+    slack = (kh * dh + 1) * gw + kw * dw + 2 * nr
+    fields.update(gw=gw, gplane=gplane, gimage=C * gplane + slack if gprep else 0,
+                  gprep=gprep, toff=toff.reshape(-1).astype(np.intp))
+    return fields
 
 
 def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
@@ -373,6 +446,7 @@ class Model:
 
         out_name = g.outputs[0]
         self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
+        self._plan_variants = [step.get("variant") for step in steps]
         self._plan = _engine.Plan(
             steps,
             arena.end,
@@ -431,10 +505,19 @@ class Model:
                 need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
             elif conv_transposed(H2 * W2, K // g):
                 d["flag"] = 1
+                d["variant"] = "transposed"
                 d["w"] = pack_conv_weights_t(w["weight"], g)
                 # per sample: every group's positions packed as A panels
                 need = g * -(-(H2 * W2) // 8) * 8 * (C // g) * d["kh"] * d["kw"]
+            elif direct_grid(a, C, H, W, H2, W2, g) is not None:
+                d["flag"] = 2
+                d["variant"] = "direct"
+                d["w"] = pack_conv_weights(w["weight"], g)
+                d.update(direct_grid(a, C, H, W, H2, W2, g))
+                need = d["gimage"] if d["gprep"] else 0
+                thread_need = -(-(K // g) // _engine.GEMM_MR) * _engine.GEMM_MR * _engine.GEMM_NR
             else:
+                d["variant"] = "packed"
                 d["w"] = pack_conv_weights(w["weight"], g)
                 if a["stride"] != (1, 1):
                     # the input split into its stride phases (see phase_plane)
@@ -442,6 +525,13 @@ class Model:
                     d["th"] = -(-(H + d["pt"] + d["pb"]) // sh)
                     d["tw"] = -(-(W + d["pl"] + d["pr"]) // sw)
                     need = C * sh * sw * d["th"] * d["tw"]
+                # few output positions: room to pack every column panel once,
+                # shared by the threads (see conv2d_shared)
+                P = H2 * W2
+                spack = g * (C // g) * d["kh"] * d["kw"] * -(-P // _engine.GEMM_NR) * _engine.GEMM_NR
+                if P <= SHARED_PACK_POSITIONS and spack <= SHARED_PACK_FLOATS:
+                    d["spack"] = spack
+                    need += spack
         elif node.op == "locally_connected2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]

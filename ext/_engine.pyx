@@ -76,10 +76,15 @@ cdef extern from "f32_gemm.h":
                                         float* c, size_t ldc, size_t mr, size_t nr,
                                         const float* bias, int first, int last,
                                         int act) noexcept nogil
+    ctypedef void (*cnnrt_gemm_ukernel_ind)(size_t kc, const float* a, const float* b,
+                                            const Py_ssize_t* off, float* c, size_t mr,
+                                            size_t nr, const float* bias, int first,
+                                            int last, int act) noexcept nogil
     ctypedef struct cnnrt_gemm_config:
         int isa
         size_t nr
         cnnrt_gemm_ukernel ukernel
+        cnnrt_gemm_ukernel_ind ukernel_ind
         const char* name
     int CNNRT_MR
     int CNNRT_NR
@@ -90,6 +95,8 @@ cdef extern from "f32_gemm.h":
     int cnnrt_isa_supported(int isa) noexcept nogil
     int cnnrt_isa_best() noexcept nogil
     cnnrt_gemm_config cnnrt_gemm_select(int isa) noexcept nogil
+    void cnnrt_pack_pointwise(const float* x, size_t HW, size_t q0, size_t kc, size_t p0,
+                              size_t nr, size_t nr_full, size_t ahead, float* dst) noexcept nogil
     ctypedef void (*cnnrt_store_t_fn)(const float* tile, size_t mr, size_t nr,
                                       const float* bias, int act, float* dst,
                                       size_t ldd) noexcept nogil
@@ -148,14 +155,7 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
     if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.pt == 0 and s.pl == 0
             and s.pb == 0 and s.pr == 0):
         # pointwise: positions are the input's own, one contiguous copy per tap and panel
-        while j < nr:
-            L = nr - j if nr - j < nr_full else nr_full
-            out = dst + (j // nr_full) * panel_size
-            for q in range(q0, q0 + kc):
-                memcpy(out + (q - q0) * nr_full, xg + q * HW + p0 + j, L * sizeof(float))
-                if L < nr_full:
-                    memset(out + (q - q0) * nr_full + L, 0, (nr_full - L) * sizeof(float))
-            j += L
+        cnnrt_pack_pointwise(xg, HW, q0, kc, p0, nr, nr_full, nr, dst)
         return
     while j < nr:
         p = p0 + j
@@ -219,25 +219,35 @@ cdef void pack_b_conv(const Step* s, const float* xg, float* dst, Py_ssize_t q0,
             memset(row + (nr // nr_full) * panel_size + tail, 0, (nr_full - tail) * sizeof(float))
 
 
-cdef void phase_plane(const Step* s, const float* x, float* ph, Py_ssize_t item) noexcept nogil:
+cdef void phase_split(const Step* s, const float* src, float* dst) noexcept nogil:
     """Split one zero-padded input plane into its sh x sw stride phases.
 
     Phase (a, b) holds padded rows a, a+sh, ... and columns b, b+sw, ...:
-    ph[((a * sw + b) * Hq + r) * Wq + c] = padded[r * sh + a][c * sw + b].
+    dst[((a * sw + b) * Hq + r) * Wq + c] = padded[r * sh + a][c * sw + b].
     """
     cdef Py_ssize_t Hq = s.th
     cdef Py_ssize_t Wq = s.tw
-    cdef float* dst = ph + item * s.sh * s.sw * Hq * Wq
-    cdef const float* src = x + item * s.H * s.W
-    cdef Py_ssize_t y, xx, py, px
+    cdef Py_ssize_t y, py, b, c, lo, hi
     cdef float* row
+    cdef const float* sb
     memset(dst, 0, s.sh * s.sw * Hq * Wq * sizeof(float))
     for y in range(s.H):
         py = y + s.pt
-        row = dst + ((py % s.sh) * s.sw * Hq + py // s.sh) * Wq
-        for xx in range(s.W):
-            px = xx + s.pl
-            row[(px % s.sw) * Hq * Wq + px // s.sw] = src[y * s.W + xx]
+        for b in range(s.sw):
+            row = dst + (((py % s.sh) * s.sw + b) * Hq + py // s.sh) * Wq
+            # phase columns c with 0 <= c * sw + b - pl < W
+            lo = (s.pl - b + s.sw - 1) // s.sw if s.pl > b else 0
+            hi = (s.W - 1 + s.pl - b) // s.sw + 1 if s.W - 1 + s.pl - b >= 0 else 0
+            if hi > Wq:
+                hi = Wq
+            sb = src + y * s.W + b - s.pl
+            for c in range(lo, hi):
+                row[c] = sb[c * s.sw]
+
+
+cdef void phase_plane(const Step* s, const float* x, float* ph, Py_ssize_t item) noexcept nogil:
+    """The stride phases of plane ``item`` (image-major, channel), stored contiguously."""
+    phase_split(s, x + item * s.H * s.W, ph + item * s.sh * s.sw * s.th * s.tw)
 
 
 cdef void pack_b_phases(const Step* s, const float* phg, float* dst, Py_ssize_t q0,
@@ -410,6 +420,233 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
             y + (n * s.K + k0) * P + p0, P)
 
 
+cdef void shared_pack_task(const Step* s, const float* x, const float* phases, float* bp,
+                           Py_ssize_t task, Py_ssize_t n_sub, Py_ssize_t n_q) noexcept nogil:
+    """Pack one block of KC taps of one NR-column panel of one image and group."""
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    cdef Py_ssize_t sub = task % n_sub
+    cdef Py_ssize_t qb = (task // n_sub) % n_q
+    cdef Py_ssize_t ng = task // (n_sub * n_q)
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t q0 = qb * KC
+    cdef Py_ssize_t kc = Q - q0
+    cdef Py_ssize_t nr = P - sub * CNNRT_NR
+    if kc > KC:
+        kc = KC
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    # panel layout: [ng][q block][sub][kc][NR]
+    bp = bp + ng * Q * n_sub * CNNRT_NR + q0 * n_sub * CNNRT_NR + sub * kc * CNNRT_NR
+    if phases != NULL:
+        pack_b_phases(s, phases + (n * s.C + g * Cg) * s.sh * s.sw * s.th * s.tw,
+                      bp, q0, kc, sub * CNNRT_NR, nr, CNNRT_NR)
+    else:
+        pack_b_conv(s, x + (n * s.C + g * Cg) * s.H * s.W, bp, q0, kc, sub * CNNRT_NR,
+                    nr, CNNRT_NR)
+
+
+cdef void shared_gemm_task(const Step* s, const float* bp, float* y, cnnrt_gemm_ukernel ukernel,
+                           Py_ssize_t task, Py_ssize_t n_sub, Py_ssize_t n_kchunks,
+                           Py_ssize_t per_chunk) noexcept nogil:
+    """One NR-column panel times one range of weight panels, from shared packed panels."""
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t kchunk = task % n_kchunks
+    cdef Py_ssize_t sub = (task // n_kchunks) % n_sub
+    cdef Py_ssize_t ng = task // (n_kchunks * n_sub)
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t panel0 = kchunk * per_chunk
+    cdef Py_ssize_t panel1 = panel0 + per_chunk
+    cdef Py_ssize_t nr = P - sub * CNNRT_NR
+    cdef Py_ssize_t q0, kc, panel, m0, mr
+    cdef const float* bg = bp + ng * Q * n_sub * CNNRT_NR
+    cdef float* yg = y + (n * s.K + g * Kg) * P + sub * CNNRT_NR
+    cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
+    cdef const float* bias = s.b + g * Kg if s.b != NULL else NULL
+    if panel1 > n_panels:
+        panel1 = n_panels
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    q0 = 0
+    while q0 < Q:
+        kc = Q - q0
+        if kc > KC:
+            kc = KC
+        for panel in range(panel0, panel1):
+            m0 = panel * CNNRT_MR
+            mr = Kg - m0
+            if mr > CNNRT_MR:
+                mr = CNNRT_MR
+            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR,
+                    bg + q0 * n_sub * CNNRT_NR + sub * kc * CNNRT_NR,
+                    yg + m0 * P, P, mr, nr, bias + m0 if bias != NULL else NULL,
+                    q0 == 0, q0 + kc >= Q, s.act)
+        q0 += kc
+
+
+cdef void conv2d_shared(const Step* s, const float* x, const float* phases, float* bp,
+                        float* y, Py_ssize_t N, int n_threads, cnnrt_gemm_ukernel ukernel) noexcept nogil:
+    """GEMM convolution with few output positions: the threads first pack every
+    column panel once into shared space, then split the products between them
+    by column panel and by range of weight panels."""
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = (s.C // s.groups) * s.kh * s.kw
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t n_sub = (P + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t n_q = (Q + KC - 1) // KC
+    cdef Py_ssize_t outer = N * s.groups * n_sub
+    cdef Py_ssize_t n_kchunks = 1, per_chunk, t
+    for t in prange(outer * n_q, schedule="static", num_threads=n_threads):
+        shared_pack_task(s, x, phases, bp, t, n_sub, n_q)
+    # at least four tasks per thread, in round robin
+    if outer < 4 * n_threads:
+        n_kchunks = (4 * n_threads + outer - 1) // outer
+        if n_kchunks > n_panels:
+            n_kchunks = n_panels
+    per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
+    n_kchunks = (n_panels + per_chunk - 1) // per_chunk
+    for t in prange(outer * n_kchunks, schedule="static", chunksize=1, num_threads=n_threads):
+        shared_gemm_task(s, bp, y, ukernel, t, n_sub, n_kchunks, per_chunk)
+
+
+# ------------------------------------------------------- input read in place
+#
+# A convolution whose input is already laid out so that every tap of a run
+# of output positions is one contiguous stretch needs no packing: the
+# indirect micro-kernel reads B row q at grid + p0 + toff[q].  The grid is
+# the input itself (1x1, stride 1, no padding), a zero-padded copy (stride 1)
+# or the stride phases.  Output (oy, ox) is grid position oy * gw + ox; the
+# columns ox >= W2 of each grid row are computed and dropped.
+
+cdef void grid_plane(const Step* s, const float* x, float* grid, Py_ssize_t item) noexcept nogil:
+    """Write channel plane ``item`` (image-major) into the grid of its image."""
+    cdef Py_ssize_t n = item // s.C
+    cdef Py_ssize_t c = item % s.C
+    cdef const float* src = x + item * s.H * s.W
+    cdef float* dst = grid + n * s.gimage + c * s.gplane
+    cdef Py_ssize_t iy
+    if c == s.C - 1:  # the slack after the last plane
+        memset(grid + n * s.gimage + s.C * s.gplane, 0,
+               (s.gimage - s.C * s.gplane) * sizeof(float))
+    if s.gprep == 2:
+        phase_split(s, src, dst)
+        return
+    memset(dst, 0, s.gplane * sizeof(float))
+    for iy in range(s.H):
+        memcpy(dst + (s.pt + iy) * s.gw + s.pl, src + iy * s.W, s.W * sizeof(float))
+
+
+cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* tiles,
+                           cnnrt_gemm_ukernel_ind ukernel, Py_ssize_t task, Py_ssize_t n_tiles,
+                           Py_ssize_t n_kchunks, Py_ssize_t per_chunk) noexcept nogil:
+    """One tile of NR grid positions for one range of weight panels."""
+    cdef Py_ssize_t Cg = s.C // s.groups
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Pg = s.H2 * s.gw
+    cdef Py_ssize_t Q = Cg * s.kh * s.kw
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t kchunk = task % n_kchunks
+    cdef Py_ssize_t tile = (task // n_kchunks) % n_tiles
+    cdef Py_ssize_t ng = task // (n_kchunks * n_tiles)
+    cdef Py_ssize_t g = ng % s.groups
+    cdef Py_ssize_t n = ng // s.groups
+    cdef Py_ssize_t panel0 = kchunk * per_chunk
+    cdef Py_ssize_t panel1 = panel0 + per_chunk
+    cdef Py_ssize_t p0 = tile * CNNRT_NR
+    cdef Py_ssize_t nr = Pg - p0
+    cdef Py_ssize_t q0, kc, panel, m0, mr, r, p, oy, ox, L, t
+    cdef Py_ssize_t seg_src[32]
+    cdef Py_ssize_t seg_dst[32]
+    cdef Py_ssize_t seg_len[32]
+    cdef Py_ssize_t n_seg = 0
+    cdef const float* base
+    cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
+    cdef const float* bias = s.b + g * Kg if s.b != NULL else NULL
+    cdef const float* tl
+    cdef float* dst
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    if panel1 > n_panels:
+        panel1 = n_panels
+    if s.gprep == 0:
+        base = grid + (n * s.C + g * Cg) * s.H * s.W + p0
+    else:
+        base = grid + n * s.gimage + g * Cg * s.gplane + p0
+    q0 = 0
+    while q0 < Q:
+        kc = Q - q0
+        if kc > KC:
+            kc = KC
+        for panel in range(panel0, panel1):
+            m0 = panel * CNNRT_MR
+            mr = Kg - m0
+            if mr > CNNRT_MR:
+                mr = CNNRT_MR
+            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, base, s.toff + q0,
+                    tiles + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr, nr,
+                    bias + m0 if bias != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
+        q0 += kc
+    # the tile's grid positions that are outputs: runs along output rows
+    p = p0
+    while p < p0 + nr:
+        oy = p // s.gw
+        ox = p - oy * s.gw
+        L = s.gw - ox
+        if L > p0 + nr - p:
+            L = p0 + nr - p
+        if ox < s.W2:
+            seg_src[n_seg] = p - p0
+            seg_dst[n_seg] = oy * s.W2 + ox
+            seg_len[n_seg] = L if ox + L <= s.W2 else s.W2 - ox
+            n_seg += 1
+        p += L
+    for panel in range(panel0, panel1):
+        m0 = panel * CNNRT_MR
+        mr = Kg - m0
+        if mr > CNNRT_MR:
+            mr = CNNRT_MR
+        for r in range(mr):
+            tl = tiles + ((panel - panel0) * CNNRT_MR + r) * CNNRT_NR
+            dst = y + (n * s.K + g * Kg + m0 + r) * P
+            for t in range(n_seg):
+                memcpy(dst + seg_dst[t], tl + seg_src[t], seg_len[t] * sizeof(float))
+
+
+cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, float* scratch,
+                        Py_ssize_t N, int n_threads) noexcept nogil:
+    """GEMM convolution that reads its input in place (see conv_direct_task)."""
+    cdef cnnrt_gemm_ukernel_ind ukernel = _gemm.ukernel_ind
+    cdef Py_ssize_t Kg = s.K // s.groups
+    cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t n_tiles = (s.H2 * s.gw + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t outer = N * s.groups * n_tiles
+    cdef Py_ssize_t n_kchunks = 1, per_chunk, t
+    cdef const float* grid = x
+    if s.gprep != 0:
+        for t in prange(N * s.C, schedule="static", num_threads=n_threads):
+            grid_plane(s, x, work, t)
+        grid = work
+    # at least four tasks per thread when there are few tiles, in round robin
+    if n_threads > 1 and outer < 4 * n_threads:
+        n_kchunks = (4 * n_threads + outer - 1) // outer
+        if n_kchunks > n_panels:
+            n_kchunks = n_panels
+    per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
+    n_kchunks = (n_panels + per_chunk - 1) // per_chunk
+    for t in prange(outer * n_kchunks, schedule="static", chunksize=1, num_threads=n_threads):
+        conv_direct_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, t, n_tiles,
+                         n_kchunks, per_chunk)
+
+
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
                      Py_ssize_t N, int n_threads) noexcept nogil:
     """Grouped convolution; ``scratch`` is per-thread space, ``work`` per batch."""
@@ -422,6 +659,9 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
     cdef Py_ssize_t per_chunk, n_tasks, t
+    if s.flag == 2:  # input read in place
+        conv2d_direct(s, x, y, work, scratch, N, n_threads)
+        return
     if s.flag:  # transposed orientation
         n_cb = (P + CNNRT_MR - 1) // CNNRT_MR
         n_panels = (Kg + CNNRT_NR - 1) // CNNRT_NR
@@ -432,19 +672,28 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
             conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, store_t,
                         t, n_cb, n_panels)
         return
-    # Too few column blocks to keep every thread busy: split output channels too.
-    if outer < 4 * n_threads:
-        n_kchunks = (4 * n_threads + outer - 1) // outer
-        if n_kchunks > n_panels:
-            n_kchunks = n_panels
-    per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
-    n_kchunks = (n_panels + per_chunk - 1) // per_chunk
-    n_tasks = outer * n_kchunks
     cdef const float* phases = NULL
     if s.th > 0:  # strided: split the input into its stride phases first
         for t in prange(N * s.C, schedule="static", num_threads=n_threads):
             phase_plane(s, x, work, t)
         phases = work
+    if n_threads > 1 and outer < 4 * n_threads and s.spack > 0:
+        conv2d_shared(s, x, phases, work + (N * s.C * s.sh * s.sw * s.th * s.tw
+                                               if phases != NULL else 0),
+                      y, N, n_threads, ukernel)
+        return
+    # Too few column blocks to share evenly between the threads: split the
+    # output channels too, into the fewest chunks that make the task count a
+    # multiple of the thread count (each chunk packs its columns again).
+    if n_threads > 1 and outer < 4 * n_threads and outer % n_threads != 0:
+        n_kchunks = 1
+        while (outer * n_kchunks) % n_threads != 0 and n_kchunks < n_threads:
+            n_kchunks += 1
+        if n_kchunks > n_panels:
+            n_kchunks = n_panels
+    per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
+    n_kchunks = (n_panels + per_chunk - 1) // per_chunk
+    n_tasks = outer * n_kchunks
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
         conv_task(s, x, phases, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk)
@@ -1019,7 +1268,8 @@ _ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6,
 
 _INT_FIELDS = ("in_size", "out_size", "C", "H", "W", "K", "H2", "W2", "kh", "kw",
                "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "groups",
-               "outer", "axis", "inner", "th", "tw", "work")
+               "outer", "axis", "inner", "th", "tw", "work", "spack",
+               "gw", "gplane", "gimage", "gprep")
 
 
 cdef const float* _float_ptr(object arr, list keep) except? NULL:
@@ -1096,6 +1346,11 @@ cdef class Plan:
             s.flag = d.get("flag", 0)
             s.f0 = d.get("f0", 0.0)
             s.f1 = d.get("f1", 0.0)
+            if "toff" in d:
+                toff = np.ascontiguousarray(d["toff"], dtype=np.intp)
+                self.keep.append(toff)
+                offs = toff
+                s.toff = &offs[0]
             s.w = _float_ptr(d.get("w"), self.keep)
             s.b = _float_ptr(d.get("b"), self.keep)
             s.tstride = self.thread_size
@@ -1155,7 +1410,7 @@ cdef class Plan:
             memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
 
 
-cdef void _set_int(Step* s, str name, Py_ssize_t v):
+cdef int _set_int(Step* s, str name, Py_ssize_t v) except -1:
     if name == "in_size": s.in_size = v
     elif name == "out_size": s.out_size = v
     elif name == "C": s.C = v
@@ -1181,6 +1436,12 @@ cdef void _set_int(Step* s, str name, Py_ssize_t v):
     elif name == "th": s.th = v
     elif name == "tw": s.tw = v
     elif name == "work": s.work = v
+    elif name == "spack": s.spack = v
+    elif name == "gw": s.gw = v
+    elif name == "gplane": s.gplane = v
+    elif name == "gimage": s.gimage = v
+    elif name == "gprep": s.gprep = v
+    else: raise KeyError(name)
 
 
 def openmp_max_threads():

@@ -57,6 +57,13 @@ ctypedef struct Step:
     Py_ssize_t th, tw             # winograd: output tiles down and across
     Py_ssize_t tstride            # floats of private work space per thread
     Py_ssize_t work               # arithmetic per sample (about one unit per multiply-add)
+    Py_ssize_t spack              # conv2d: floats per sample of shared packing (0: none)
+    # conv2d read in place (flag 2): the input as a grid of planes gw floats
+    # wide, gplane floats apart, gimage floats per image; gprep 0: the input
+    # itself, 1: a zero-padded copy, 2: its stride phases; toff[q]: offset of
+    # tap q's first element from the output position's grid index
+    Py_ssize_t gw, gplane, gimage, gprep
+    const Py_ssize_t* toff
     int flag                      # avgpool: count_include_pad
     float f0, f1                  # leaky_relu alpha; clip min, max
     const float* w                # weights (or batchnorm scale)

@@ -92,6 +92,49 @@ static void f32_gemm_ukernel_8x32__scalar(size_t kc, const float *a, const float
     }
 }
 
+/*
+ * Indirect micro-kernels, for convolutions that read the input in place:
+ * B row k is the NR floats at b + off[k] (a stretch of one padded or
+ * stride-phase input plane), not a packed panel.  Columns nr..NR-1 are not
+ * read and their results are unspecified.  The tile is stored whole:
+ * c[r * 32 + j] for r < mr, every j.
+ */
+typedef void (*cnnrt_gemm_ukernel_ind)(size_t kc, const float *a, const float *b,
+                                       const ptrdiff_t *off, float *c, size_t mr, size_t nr,
+                                       const float *bias, int first, int last, int act);
+
+static void f32_gemm_ukernel_8x32_ind__scalar(size_t kc, const float *a, const float *b,
+                                              const ptrdiff_t *off, float *c, size_t mr,
+                                              size_t nr, const float *bias, int first,
+                                              int last, int act)
+{
+    float acc[CNNRT_MR][32];
+    size_t r, j, k;
+    for (r = 0; r < CNNRT_MR; r++)
+        for (j = 0; j < 32; j++)
+            acc[r][j] = (!first && r < mr) ? c[r * 32 + j] : 0.0f;
+    for (k = 0; k < kc; k++) {
+        const float *ak = a + k * CNNRT_MR;
+        const float *bk = b + off[k];
+        for (r = 0; r < CNNRT_MR; r++) {
+            const float av = ak[r];
+            for (j = 0; j < nr; j++)
+                acc[r][j] += av * bk[j];
+        }
+    }
+    for (r = 0; r < mr; r++) {
+        float bv = (last && bias) ? bias[r] : 0.0f;
+        for (j = 0; j < 32; j++) {
+            float v = acc[r][j];
+            if (last) {
+                v += bv;
+                v = cnnrt_act_scalar(v, act);
+            }
+            c[r * 32 + j] = v;
+        }
+    }
+}
+
 #ifdef CNNRT_X86
 
 /* ------------------------------------------------------------------ AVX2 */
@@ -168,6 +211,58 @@ static void f32_gemm_ukernel_8x32__avx2(size_t kc, const float *a, const float *
                                    bias, first, last, act);
 }
 
+/* One 8x8 quarter of an indirect 8x32 tile (B columns j0..j0+7). */
+__attribute__((target("avx2,fma")))
+static inline void f32_gemm_quarter_8x8_ind__avx2(size_t kc, const float *a, const float *b,
+                                                  const ptrdiff_t *off, float *c, size_t mr,
+                                                  size_t nr, const float *bias, int first,
+                                                  int last, int act)
+{
+    __m256 acc[CNNRT_MR];
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lanes);
+    size_t r, k;
+    for (r = 0; r < CNNRT_MR; r++)
+        acc[r] = (!first && r < mr) ? _mm256_loadu_ps(c + r * 32) : _mm256_setzero_ps();
+    for (k = 0; k < kc; k++) {
+        const __m256 bv = nr >= 8 ? _mm256_loadu_ps(b + off[k])
+                                  : _mm256_maskload_ps(b + off[k], keep);
+        const float *ak = a + k * CNNRT_MR;
+        acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 0), bv, acc[0]);
+        acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 1), bv, acc[1]);
+        acc[2] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 2), bv, acc[2]);
+        acc[3] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 3), bv, acc[3]);
+        acc[4] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 4), bv, acc[4]);
+        acc[5] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 5), bv, acc[5]);
+        acc[6] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 6), bv, acc[6]);
+        acc[7] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 7), bv, acc[7]);
+    }
+    for (r = 0; r < mr; r++) {
+        __m256 v = acc[r];
+        if (last) {
+            if (bias)
+                v = _mm256_add_ps(v, _mm256_set1_ps(bias[r]));
+            v = cnnrt_act_avx2(v, act);
+        }
+        _mm256_storeu_ps(c + r * 32, v);
+        if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)) {
+            size_t j;
+            for (j = 0; j < 8; j++) c[r * 32 + j] = cnnrt_act_scalar(c[r * 32 + j], act);
+        }
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void f32_gemm_ukernel_8x32_ind__avx2(size_t kc, const float *a, const float *b,
+                                            const ptrdiff_t *off, float *c, size_t mr, size_t nr,
+                                            const float *bias, int first, int last, int act)
+{
+    size_t j0;
+    for (j0 = 0; j0 < nr; j0 += 8)
+        f32_gemm_quarter_8x8_ind__avx2(kc, a, b + j0, off, c + j0, mr, nr - j0,
+                                       bias, first, last, act);
+}
+
 /* ---------------------------------------------------------------- AVX-512 */
 
 __attribute__((target("avx512f")))
@@ -207,6 +302,8 @@ static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float
         const __m512 b0 = _mm512_loadu_ps(b);
         const __m512 b1 = _mm512_loadu_ps(b + 16);
         __m512 av;
+        /* A panels stream from L2: fetch 16 steps ahead */
+        _mm_prefetch((const char *)(a + 16 * CNNRT_MR), _MM_HINT_T0);
         av = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);
         av = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);
         av = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);
@@ -242,7 +339,111 @@ static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float
     }
 }
 
+__attribute__((target("avx512f")))
+static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const float *b,
+                                              const ptrdiff_t *off, float *c, size_t mr,
+                                              size_t nr, const float *bias, int first,
+                                              int last, int act)
+{
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
+    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF
+                         : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
+    size_t k, r;
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
+    c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
+    if (!first) {
+#define CNNRT_LOAD(R, X0, X1)                                                   \
+        if (R < mr) {                                                           \
+            X0 = _mm512_loadu_ps(c + R * 32);                                   \
+            X1 = _mm512_loadu_ps(c + R * 32 + 16);                              \
+        }
+        CNNRT_LOAD(0, c00, c01) CNNRT_LOAD(1, c10, c11) CNNRT_LOAD(2, c20, c21)
+        CNNRT_LOAD(3, c30, c31) CNNRT_LOAD(4, c40, c41) CNNRT_LOAD(5, c50, c51)
+        CNNRT_LOAD(6, c60, c61) CNNRT_LOAD(7, c70, c71)
+#undef CNNRT_LOAD
+    }
+#define CNNRT_STEP(B0, B1)                                                      \
+        {                                                                       \
+            const __m512 b0 = B0, b1 = B1;                                      \
+            __m512 av;                                                          \
+            av = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01); \
+            av = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11); \
+            av = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21); \
+            av = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31); \
+            av = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41); \
+            av = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51); \
+            av = _mm512_set1_ps(a[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61); \
+            av = _mm512_set1_ps(a[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71); \
+            a += CNNRT_MR;                                                      \
+        }
+    if (nr == 32) {
+        for (k = 0; k < kc; k++) {
+            const float *bk = b + off[k];
+            CNNRT_STEP(_mm512_loadu_ps(bk), _mm512_loadu_ps(bk + 16))
+        }
+    } else {
+        for (k = 0; k < kc; k++) {
+            const float *bk = b + off[k];
+            CNNRT_STEP(_mm512_maskz_loadu_ps(m0, bk), _mm512_maskz_loadu_ps(m1, bk + 16))
+        }
+    }
+#undef CNNRT_STEP
+    {
+        __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
+                           c40, c41, c50, c51, c60, c61, c70, c71};
+        for (r = 0; r < mr; r++) {
+            __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
+            if (last) {
+                if (bias) {
+                    const __m512 bv = _mm512_set1_ps(bias[r]);
+                    v0 = _mm512_add_ps(v0, bv);
+                    v1 = _mm512_add_ps(v1, bv);
+                }
+                v0 = cnnrt_act_avx512(v0, act);
+                v1 = cnnrt_act_avx512(v1, act);
+            }
+            _mm512_storeu_ps(c + r * 32, v0);
+            _mm512_storeu_ps(c + r * 32 + 16, v1);
+            if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)) {
+                size_t j;
+                for (j = 0; j < 32; j++) c[r * 32 + j] = cnnrt_act_scalar(c[r * 32 + j], act);
+            }
+        }
+    }
+}
+
 #endif /* CNNRT_X86 */
+
+/* ------------------------------------------------------ pointwise packing
+ *
+ * B panels of a 1x1 stride-1 convolution: taps are input channels, whose
+ * planes lie HW floats apart, so one block reads kc separate streams, more
+ * than the hardware prefetchers follow.  Copying a block also prefetches the
+ * same taps' next `ahead` floats (the next block of positions).
+ */
+static void cnnrt_pack_pointwise(const float *x, size_t HW, size_t q0, size_t kc, size_t p0,
+                                 size_t nr, size_t nr_full, size_t ahead, float *dst)
+{
+    size_t q, j, L, i;
+    for (q = 0; q < kc; q++) {
+        const float *src = x + (q0 + q) * HW + p0;
+        for (i = 0; i < ahead && p0 + nr + i < HW; i += 16)
+            __builtin_prefetch(src + nr + i, 0, 2);
+        for (j = 0; j < nr; j += nr_full) {
+            float *out = dst + (j / nr_full) * kc * nr_full + q * nr_full;
+            L = nr - j < nr_full ? nr - j : nr_full;
+            if (L == 32 && nr_full == 32) {
+                const float *from = src + j;
+                for (i = 0; i < 32; i++)
+                    out[i] = from[i];
+            } else {
+                memcpy(out, src + j, L * sizeof(float));
+                memset(out + L, 0, (nr_full - L) * sizeof(float));
+            }
+        }
+    }
+}
 
 /* ------------------------------------------------- transposed tile store
  *
@@ -325,6 +526,7 @@ typedef struct {
     int isa;
     size_t nr;
     cnnrt_gemm_ukernel ukernel;
+    cnnrt_gemm_ukernel_ind ukernel_ind;
     const char *name;
 } cnnrt_gemm_config;
 
@@ -355,17 +557,20 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
     cfg.isa = CNNRT_ISA_SCALAR;
     cfg.nr = 32;
     cfg.ukernel = f32_gemm_ukernel_8x32__scalar;
+    cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__scalar;
     cfg.name = "f32_gemm_ukernel_8x32__scalar";
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
         cfg.isa = CNNRT_ISA_AVX512;
         cfg.nr = 32;
         cfg.ukernel = f32_gemm_ukernel_8x32__avx512;
+        cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx512;
         cfg.name = "f32_gemm_ukernel_8x32__avx512";
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.isa = CNNRT_ISA_AVX2;
         cfg.nr = 32;
         cfg.ukernel = f32_gemm_ukernel_8x32__avx2;
+        cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx2;
         cfg.name = "f32_gemm_ukernel_8x32__avx2";
     }
 #endif

@@ -146,14 +146,162 @@
 static void f32_wino4x3_input__scalar(CNNRT_WINO_IN_ARGS) { CNNRT_WINO_IN_BODY }
 static void f32_wino4x3_output__scalar(CNNRT_WINO_OUT_ARGS) { CNNRT_WINO_OUT_BODY }
 #ifdef CNNRT_X86
+/* AVX2 (also used with AVX-512): each tile's six rows are loaded as vectors
+ * and combined (B^T over rows); an 8x8 transpose per row of the result puts
+ * the 8 tiles of the panel in the lanes, and B^T over columns then yields V
+ * rows that are stored whole. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void cnnrt_transpose8_avx2(__m256 r[8])
+{
+    __m256 u[8], t[8];
+    u[0] = _mm256_unpacklo_ps(r[0], r[1]); u[1] = _mm256_unpackhi_ps(r[0], r[1]);
+    u[2] = _mm256_unpacklo_ps(r[2], r[3]); u[3] = _mm256_unpackhi_ps(r[2], r[3]);
+    u[4] = _mm256_unpacklo_ps(r[4], r[5]); u[5] = _mm256_unpackhi_ps(r[4], r[5]);
+    u[6] = _mm256_unpacklo_ps(r[6], r[7]); u[7] = _mm256_unpackhi_ps(r[6], r[7]);
+    t[0] = _mm256_shuffle_ps(u[0], u[2], 0x44); t[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
+    t[2] = _mm256_shuffle_ps(u[1], u[3], 0x44); t[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
+    t[4] = _mm256_shuffle_ps(u[4], u[6], 0x44); t[5] = _mm256_shuffle_ps(u[4], u[6], 0xEE);
+    t[6] = _mm256_shuffle_ps(u[5], u[7], 0x44); t[7] = _mm256_shuffle_ps(u[5], u[7], 0xEE);
+    r[0] = _mm256_permute2f128_ps(t[0], t[4], 0x20); r[1] = _mm256_permute2f128_ps(t[1], t[5], 0x20);
+    r[2] = _mm256_permute2f128_ps(t[2], t[6], 0x20); r[3] = _mm256_permute2f128_ps(t[3], t[7], 0x20);
+    r[4] = _mm256_permute2f128_ps(t[0], t[4], 0x31); r[5] = _mm256_permute2f128_ps(t[1], t[5], 0x31);
+    r[6] = _mm256_permute2f128_ps(t[2], t[6], 0x31); r[7] = _mm256_permute2f128_ps(t[3], t[7], 0x31);
+}
+
+#define CNNRT_WINO_BT_AVX2(z, w)                                                 \
+    do {                                                                        \
+        const __m256 c4 = _mm256_set1_ps(4.0f), c5 = _mm256_set1_ps(5.0f);      \
+        const __m256 c2 = _mm256_set1_ps(2.0f);                                 \
+        const __m256 d42 = _mm256_sub_ps(z[4], z[2]);                           \
+        w[0] = _mm256_fmadd_ps(c4, z[0], _mm256_fnmadd_ps(c5, z[2], z[4]));     \
+        w[1] = _mm256_fnmadd_ps(c4, _mm256_add_ps(z[1], z[2]), _mm256_add_ps(z[3], z[4])); \
+        w[2] = _mm256_fmadd_ps(c4, _mm256_sub_ps(z[1], z[2]), _mm256_sub_ps(z[4], z[3])); \
+        w[3] = _mm256_fmadd_ps(c2, _mm256_sub_ps(z[3], z[1]), d42);             \
+        w[4] = _mm256_fmadd_ps(c2, _mm256_sub_ps(z[1], z[3]), d42);             \
+        w[5] = _mm256_fmadd_ps(c4, z[1], _mm256_fnmadd_ps(c5, z[3], z[5]));     \
+    } while (0)
+
 __attribute__((target("avx2,fma")))
-static void f32_wino4x3_input__avx2(CNNRT_WINO_IN_ARGS) { CNNRT_WINO_IN_BODY }
+static void f32_wino4x3_input__avx2(CNNRT_WINO_IN_ARGS)
+{
+    const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+    ptrdiff_t c, a, b, r;
+    for (c = c0; c < c1; c++) {
+        __m256 t[6][8]; /* t[row of B^T d][tile], lanes: columns */
+        for (r = 0; r < 8; r++) {
+            __m256 d[6], w[6];
+            if (r < nvalid) {
+                const float *src = xp + c * plane + base[r];
+                for (a = 0; a < 6; a++)
+                    d[a] = _mm256_maskload_ps(src + a * Wp, six);
+                CNNRT_WINO_BT_AVX2(d, w);
+                for (a = 0; a < 6; a++)
+                    t[a][r] = w[a];
+            } else {
+                for (a = 0; a < 6; a++)
+                    t[a][r] = _mm256_setzero_ps();
+            }
+        }
+        for (a = 0; a < 6; a++) {
+            __m256 w[6];
+            float *o = v + (6 * a) * xi_stride + c * 8;
+            cnnrt_transpose8_avx2(t[a]); /* t[a][col], lanes: tiles */
+            CNNRT_WINO_BT_AVX2(t[a], w);
+            for (b = 0; b < 6; b++)
+                _mm256_storeu_ps(o + b * xi_stride, w[b]);
+        }
+    }
+}
 __attribute__((target("avx2,fma")))
 static void f32_wino4x3_output__avx2(CNNRT_WINO_OUT_ARGS) { CNNRT_WINO_OUT_BODY }
+
+/* 16x16 transpose: on return r[j] lane i holds what r[i] lane j held. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_transpose16_avx512(__m512 r[16])
+{
+    __m512 t[16];
+    int i;
+    for (i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
+/* AVX-512: 16 output channels per pass, one lane per channel; the 4x4
+ * outputs are then transposed so that each register holds one channel's
+ * 4x4 block, stored as four rows of four. */
 __attribute__((target("avx512f")))
-static void f32_wino4x3_input__avx512(CNNRT_WINO_IN_ARGS) { CNNRT_WINO_IN_BODY }
-__attribute__((target("avx512f")))
-static void f32_wino4x3_output__avx512(CNNRT_WINO_OUT_ARGS) { CNNRT_WINO_OUT_BODY }
+static void f32_wino4x3_output__avx512(CNNRT_WINO_OUT_ARGS)
+{
+    ptrdiff_t kb, a, u, w, j;
+    for (kb = k0; kb < k1; kb += 16) {
+        const ptrdiff_t kn = k1 - kb < 16 ? k1 - kb : 16;
+        const __mmask16 mask = (__mmask16)((1u << kn) - 1u);
+        __m512 t[4][6];
+        __m512 o[16];
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias + kb) : _mm512_setzero_ps();
+        for (w = 0; w < 6; w++) {
+            __m512 mm[6];
+            for (a = 0; a < 6; a++)
+                mm[a] = _mm512_maskz_loadu_ps(mask, m + (6 * a + w) * xi_stride + kb);
+            {
+                const __m512 s12 = _mm512_add_ps(mm[1], mm[2]), d12 = _mm512_sub_ps(mm[1], mm[2]);
+                const __m512 s34 = _mm512_add_ps(mm[3], mm[4]), d34 = _mm512_sub_ps(mm[3], mm[4]);
+                t[0][w] = _mm512_add_ps(_mm512_add_ps(mm[0], s12), s34);
+                t[1][w] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
+                t[2][w] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
+                t[3][w] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), mm[5]);
+            }
+        }
+        for (u = 0; u < 4; u++) {
+            const __m512 *r = t[u];
+            const __m512 s12 = _mm512_add_ps(r[1], r[2]), d12 = _mm512_sub_ps(r[1], r[2]);
+            const __m512 s34 = _mm512_add_ps(r[3], r[4]), d34 = _mm512_sub_ps(r[3], r[4]);
+            o[4 * u + 0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(r[0], s12), s34), bv);
+            o[4 * u + 1] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12), bv);
+            o[4 * u + 2] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12), bv);
+            o[4 * u + 3] = _mm512_add_ps(_mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12),
+                                                       r[5]), bv);
+        }
+        for (j = 0; j < 16; j++)
+            o[j] = cnnrt_act_avx512(o[j], act);
+        cnnrt_transpose16_avx512(o);
+        for (j = 0; j < kn; j++) {
+            float *dst = y + (kb + j) * P;
+            if (rows == 4 && cols == 4 && act != CNNRT_ACT_SIGMOID && act != CNNRT_ACT_TANH) {
+                _mm_storeu_ps(dst, _mm512_castps512_ps128(o[j]));
+                _mm_storeu_ps(dst + W2, _mm512_extractf32x4_ps(o[j], 1));
+                _mm_storeu_ps(dst + 2 * W2, _mm512_extractf32x4_ps(o[j], 2));
+                _mm_storeu_ps(dst + 3 * W2, _mm512_extractf32x4_ps(o[j], 3));
+            } else {
+                float buf[16];
+                _mm512_storeu_ps(buf, o[j]);
+                for (u = 0; u < rows; u++)
+                    for (w = 0; w < cols; w++)
+                        dst[u * W2 + w] = (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)
+                                          ? cnnrt_act_scalar(buf[4 * u + w], act) : buf[4 * u + w];
+            }
+        }
+    }
+}
 #endif
 
 typedef void (*cnnrt_wino_input_fn)(CNNRT_WINO_IN_ARGS);
@@ -171,7 +319,7 @@ static cnnrt_wino_config cnnrt_wino_select(int isa)
     cfg.output = f32_wino4x3_output__scalar;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
-        cfg.input = f32_wino4x3_input__avx512;
+        cfg.input = f32_wino4x3_input__avx2;
         cfg.output = f32_wino4x3_output__avx512;
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.input = f32_wino4x3_input__avx2;

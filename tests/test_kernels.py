@@ -28,6 +28,17 @@ def isa(request):
     _engine.set_isa(before)
 
 
+@pytest.fixture(params=["packed", "direct"])
+def gemm_path(request, monkeypatch):
+    """GEMM convolutions either pack their input or read it in place."""
+    direct = request.param == "direct"
+    monkeypatch.setattr(model_mod, "USE_DIRECT", direct)
+    if direct:  # every shape, pointwise included, however much the grid wastes
+        monkeypatch.setattr(model_mod, "DIRECT_POINTWISE", True)
+        monkeypatch.setattr(model_mod, "DIRECT_MIN_EFFICIENCY", 0.0)
+    return request.param
+
+
 def conv_model(c, h, w, k, kernel, stride=1, pad=0, dil=1, groups=1, act="none",
                bias=True, seed=0):
     rng = np.random.default_rng(seed)
@@ -64,18 +75,22 @@ def check(graph, weight, b, pad, batch=2, seed=1, rtol=1e-4):
 # 128-position block, taps around the 256-tap block.
 @pytest.mark.parametrize("k", [1, 7, 8, 9, 33])
 @pytest.mark.parametrize("hw", [(4, 8), (5, 7), (8, 16), (11, 12), (9, 29)])
-def test_gemm_conv_tile_edges(isa, monkeypatch, k, hw):
+def test_gemm_conv_tile_edges(isa, gemm_path, monkeypatch, k, hw):
     monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    monkeypatch.setattr(model_mod, "conv_transposed", lambda p, k: False)
     graph, w, b, pad = conv_model(3, hw[0], hw[1], k, 3, pad=1, act="relu")
-    check(graph, w, b, pad)
+    m = check(graph, w, b, pad)
+    assert m._plan_variants == [gemm_path]
 
 
 @pytest.mark.parametrize("c,kernel", [(28, 3), (29, 3), (64, 2), (257, 1), (300, 1)])
-def test_gemm_conv_tap_blocks(isa, monkeypatch, c, kernel):
+def test_gemm_conv_tap_blocks(isa, gemm_path, monkeypatch, c, kernel):
     """Q = C*kh*kw below, at and above one 256-tap block, and several blocks."""
     monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    monkeypatch.setattr(model_mod, "conv_transposed", lambda p, k: False)
     graph, w, b, pad = conv_model(c, 6, 7, 10, kernel, pad=kernel // 2)
-    check(graph, w, b, pad)
+    m = check(graph, w, b, pad)
+    assert m._plan_variants == [gemm_path]
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -84,13 +99,18 @@ def test_gemm_conv_tap_blocks(isa, monkeypatch, c, kernel):
     dict(c=8, h=5, w=6, k=70, kernel=3, stride=2, pad=(1, 0, 2, 1)),
     dict(c=12, h=9, w=9, k=33, kernel=3, dil=2, pad=2, groups=3),
     dict(c=10, h=4, w=3, k=8, kernel=(2, 3), act="tanh", bias=False),
+    # large strided stems (stride phases), and several grid rows per tile
+    dict(c=3, h=31, w=35, k=20, kernel=11, stride=4, act="relu"),
+    dict(c=5, h=23, w=41, k=16, kernel=7, stride=2, pad=3),
+    dict(c=4, h=20, w=6, k=9, kernel=3, stride=3, pad=(2, 1, 0, 2), act="relu6"),
 ])
-def test_gemm_conv_both_orientations(isa, monkeypatch, transposed, shape):
+def test_gemm_conv_both_orientations(isa, gemm_path, monkeypatch, transposed, shape):
     monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
     monkeypatch.setattr(model_mod, "conv_transposed", lambda p, k: transposed)
     graph, w, b, pad = conv_model(**shape)
     m = check(graph, w, b, pad, batch=3)
     assert m._plan_ops == ["conv2d"]
+    assert m._plan_variants == ["transposed" if transposed else gemm_path]
 
 
 @pytest.mark.parametrize("c,k,h,w,pad", [
@@ -98,10 +118,19 @@ def test_gemm_conv_both_orientations(isa, monkeypatch, transposed, shape):
     (32, 8, 8, 8, (2, 0, 0, 2)), (300, 33, 6, 7, 1),
 ])
 @pytest.mark.parametrize("act", ["none", "relu6"])
-def test_winograd(isa, c, k, h, w, pad, act):
+def test_winograd(isa, monkeypatch, c, k, h, w, pad, act):
+    monkeypatch.setattr(model_mod, "WINOGRAD_MIN_TILES", 1)  # tiny images exercise the borders
     graph, wt, b, pad = conv_model(c, h, w, k, 3, pad=pad, act=act)
     m = check(graph, wt, b, pad, batch=3)
     assert m._plan_ops == (["winograd3x3"] if k >= 16 else ["conv2d"])
+
+
+@pytest.mark.parametrize("h,w,wino", [(7, 7, False), (8, 8, False), (12, 8, False), (14, 14, True),
+                                      (9, 16, True), (56, 56, True)])
+def test_winograd_only_with_enough_tiles(h, w, wino):
+    graph, wt, b, pad = conv_model(16, h, w, 16, 3, pad=1)
+    m = check(graph, wt, b, pad, batch=2)
+    assert m._plan_ops == (["winograd3x3"] if wino else ["conv2d"])
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
