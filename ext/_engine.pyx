@@ -109,14 +109,16 @@ cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 cdef cnnrt_store_t_fn _store_t = cnnrt_store_t_select(cnnrt_isa_best())
 
 # Steps with less arithmetic than this (multiply-adds, about) run on one thread.
-cdef Py_ssize_t _parallel_min_work = 1 << 21
+cdef Py_ssize_t _parallel_min_work = 1 << 14
 
 
 def set_parallel_min_work(Py_ssize_t work):
     """Steps with less arithmetic per call than ``work`` run on one thread.
 
-    The default (2**21) keeps thread wake-ups out of small layers; 0 makes
-    every step use all its threads (tests use it to exercise the parallel
+    The default (2**14, a few microseconds of work) keeps only the tiniest
+    steps on one thread: between the steps of one call the team's threads
+    are still spinning, and a parallel region costs a few microseconds.  0
+    makes every step use all its threads (tests use it to exercise the parallel
     paths on small shapes).  Returns the previous value.
     """
     global _parallel_min_work
@@ -376,48 +378,59 @@ cdef void conv_pack_t(const Step* s, const float* x, float* apack, Py_ssize_t it
                 0, Q, p0, mr, CNNRT_MR)
 
 
-cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tile,
+DEF PP_BLOCK = 16  # position panels per transposed task (16 KB of tiles)
+
+
+cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tiles,
                       cnnrt_gemm_ukernel ukernel, cnnrt_store_t_fn store_t,
-                      Py_ssize_t task, Py_ssize_t n_pp,
+                      Py_ssize_t task, Py_ssize_t n_pp, Py_ssize_t n_ppb,
                       Py_ssize_t n_kb) noexcept nogil:
     """Transposed orientation, for few output positions: Y^T[P, K] = X_col^T W^T.
 
     Vectors run along output channels: the A panels hold 8 output positions
     (packed for the whole layer by conv_pack_t), the weights were packed at
-    load as B panels of NR channels, and the finished tile is stored
+    load as B panels of NR channels.  One task is one B panel against up to
+    PP_BLOCK position panels: for each block of KC taps the B block stays in
+    L1 while the A blocks stream past it.  Finished tiles are stored
     transposed with bias and activation.
     """
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Q = Cg * s.kh * s.kw
-    # positions vary fastest, so consecutive tasks reuse one weight panel
-    cdef Py_ssize_t pp = task % n_pp
-    cdef Py_ssize_t rest = task // n_pp
-    cdef Py_ssize_t kb = rest % n_kb
-    cdef Py_ssize_t ng = rest // n_kb
+    # weight panels vary fastest, so a thread's tasks share position panels
+    cdef Py_ssize_t kb = task % n_kb
+    cdef Py_ssize_t ppb = (task // n_kb) % n_ppb
+    cdef Py_ssize_t ng = task // (n_kb * n_ppb)
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
-    cdef Py_ssize_t p0 = pp * CNNRT_MR
-    cdef Py_ssize_t mr = P - p0
+    cdef Py_ssize_t pp0 = ppb * PP_BLOCK
+    cdef Py_ssize_t pp1 = pp0 + PP_BLOCK
     cdef Py_ssize_t nr = Kg - kb * CNNRT_NR
-    cdef const float* a = apack + (ng * n_pp + pp) * Q * CNNRT_MR
+    cdef const float* a = apack + ng * n_pp * Q * CNNRT_MR
     cdef const float* wb = s.w + (g * n_kb + kb) * Q * CNNRT_NR
-    cdef Py_ssize_t q0 = 0, kc
+    cdef Py_ssize_t q0 = 0, kc, pp, p0, mr
     cdef Py_ssize_t k0 = g * Kg + kb * CNNRT_NR
-    if mr > CNNRT_MR:
-        mr = CNNRT_MR
+    if pp1 > n_pp:
+        pp1 = n_pp
     if nr > CNNRT_NR:
         nr = CNNRT_NR
     while q0 < Q:
         kc = Q - q0
         if kc > KC:
             kc = KC
-        ukernel(kc, a + q0 * CNNRT_MR, wb + q0 * CNNRT_NR, tile, CNNRT_NR, CNNRT_MR, CNNRT_NR,
-                NULL, q0 == 0, 0, ACT_NONE)
+        for pp in range(pp0, pp1):
+            ukernel(kc, a + (pp * Q + q0) * CNNRT_MR, wb + q0 * CNNRT_NR,
+                    tiles + (pp - pp0) * CNNRT_MR * CNNRT_NR, CNNRT_NR, CNNRT_MR, CNNRT_NR,
+                    NULL, q0 == 0, 0, ACT_NONE)
         q0 += kc
-    store_t(tile, mr, nr, s.b + k0 if s.b != NULL else NULL, s.act,
-            y + (n * s.K + k0) * P + p0, P)
+    for pp in range(pp0, pp1):
+        p0 = pp * CNNRT_MR
+        mr = P - p0
+        if mr > CNNRT_MR:
+            mr = CNNRT_MR
+        store_t(tiles + (pp - pp0) * CNNRT_MR * CNNRT_NR, mr, nr,
+                s.b + k0 if s.b != NULL else NULL, s.act, y + (n * s.K + k0) * P + p0, P)
 
 
 cdef void shared_pack_task(const Step* s, const float* x, const float* phases, float* bp,
@@ -506,14 +519,15 @@ cdef void conv2d_shared(const Step* s, const float* x, const float* phases, floa
     cdef Py_ssize_t n_kchunks = 1, per_chunk, t
     for t in prange(outer * n_q, schedule="static", num_threads=n_threads):
         shared_pack_task(s, x, phases, bp, t, n_sub, n_q)
-    # at least four tasks per thread, in round robin
+    # at least four tasks per thread; contiguous ranges per thread, so that
+    # neighbouring column panels (which share output cache lines) stay on one core
     if outer < 4 * n_threads:
         n_kchunks = (4 * n_threads + outer - 1) // outer
         if n_kchunks > n_panels:
             n_kchunks = n_panels
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
-    for t in prange(outer * n_kchunks, schedule="static", chunksize=1, num_threads=n_threads):
+    for t in prange(outer * n_kchunks, schedule="static", num_threads=n_threads):
         shared_gemm_task(s, bp, y, ukernel, t, n_sub, n_kchunks, per_chunk)
 
 
@@ -635,14 +649,16 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
         for t in prange(N * s.C, schedule="static", num_threads=n_threads):
             grid_plane(s, x, work, t)
         grid = work
-    # at least four tasks per thread when there are few tiles, in round robin
+    # at least four tasks per thread when there are few tiles; each thread takes
+    # a contiguous range of tasks, so neighbouring tiles (which share cache
+    # lines of the output) stay on one core
     if n_threads > 1 and outer < 4 * n_threads:
         n_kchunks = (4 * n_threads + outer - 1) // outer
         if n_kchunks > n_panels:
             n_kchunks = n_panels
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
-    for t in prange(outer * n_kchunks, schedule="static", chunksize=1, num_threads=n_threads):
+    for t in prange(outer * n_kchunks, schedule="static", num_threads=n_threads):
         conv_direct_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, t, n_tiles,
                          n_kchunks, per_chunk)
 
@@ -658,7 +674,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t n_cb = (P + MACRO - 1) // MACRO
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
-    cdef Py_ssize_t per_chunk, n_tasks, t
+    cdef Py_ssize_t per_chunk, n_tasks, t, n_ppb
     if s.flag == 2:  # input read in place
         conv2d_direct(s, x, y, work, scratch, N, n_threads)
         return
@@ -667,10 +683,11 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
         n_panels = (Kg + CNNRT_NR - 1) // CNNRT_NR
         for t in prange(N * s.groups * n_cb, schedule="static", num_threads=n_threads):
             conv_pack_t(s, x, work, t, n_cb)
-        n_tasks = N * s.groups * n_cb * n_panels
+        n_ppb = (n_cb + PP_BLOCK - 1) // PP_BLOCK
+        n_tasks = N * s.groups * n_ppb * n_panels
         for t in prange(n_tasks, schedule="static", num_threads=n_threads):
             conv_task_t(s, work, y, scratch + threadid() * s.tstride, ukernel, store_t,
-                        t, n_cb, n_panels)
+                        t, n_cb, n_ppb, n_panels)
         return
     cdef const float* phases = NULL
     if s.th > 0:  # strided: split the input into its stride phases first
@@ -1190,8 +1207,8 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
                           Py_ssize_t N, int n_threads) noexcept nogil:
     cdef const float* x
     cdef float* y
-    # Waking a team of threads costs tens of microseconds or more (much more
-    # when the cores are busy); a step with less work than that runs alone.
+    # A parallel region costs a few microseconds while the team is awake; a
+    # step with less work than that runs alone.
     if s.work * N < _parallel_min_work:
         n_threads = 1
     x = arena + s.in_off[0] * N
