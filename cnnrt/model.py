@@ -571,6 +571,15 @@ class Model:
 
     # ------------------------------------------------------------- running
     def _prepare(self, x) -> np.ndarray:
+        """The input as a C-contiguous float32 batch, or ValueError.
+
+        Whether every value is finite is checked by the plan as it copies
+        the input into its arena (see _nonfinite).
+        """
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
+                and x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1
+                and x.shape[0] > 0):
+            return x  # the common case, already valid
         expected = ("N",) + self.input_shape
         want = "(" + ", ".join(map(str, expected)) + ")"
         if not isinstance(x, np.ndarray):
@@ -596,9 +605,11 @@ class Model:
             raise ValueError(f"input batch is empty: expected {want} with N >= 1")
         with np.errstate(over="ignore", invalid="ignore"):  # out of range becomes inf
             x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError(f"input of shape {tuple(x.shape)} has NaN or infinite values")
         return x
+
+    @staticmethod
+    def _nonfinite(x):
+        return ValueError(f"input of shape {tuple(x.shape)} has NaN or infinite values")
 
     def _take_arena(self, size):
         with self._lock:
@@ -633,12 +644,14 @@ class Model:
         try:
             arena = self._take_arena(self._plan.arena_size(n, nt))
             try:
-                self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
+                bad = self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
             finally:
                 self._give_arena(arena)
         finally:
             with self._lock:
                 self._active -= 1
+        if bad:
+            raise self._nonfinite(x)
         return out
 
     def profile(self, x, repeats: int = 10, threads: Optional[int] = None):
@@ -657,7 +670,8 @@ class Model:
         seconds = np.zeros(len(self._step_nodes), dtype=np.float64)
         arena = self._take_arena(self._plan.arena_size(n, nt))
         try:
-            self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)  # warm-up
+            if self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt):  # warm-up
+                raise self._nonfinite(x)
             for _ in range(int(repeats)):
                 self._plan.run_timed(x.reshape(-1), arena, out.reshape(-1), n, nt, seconds)
         finally:

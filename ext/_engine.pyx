@@ -969,9 +969,15 @@ cdef extern from "f32_rows.h":
                                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t oy,
                                        Py_ssize_t W2, int kind, int include_pad,
                                        float* out) noexcept nogil
+    ctypedef int (*cnnrt_maxpool_plane_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
+                                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                           Py_ssize_t H2, Py_ssize_t W2,
+                                           float* out) noexcept nogil
     ctypedef struct cnnrt_rows_config:
         cnnrt_dot_fn dot
         cnnrt_pool_row_fn pool_row
+        cnnrt_maxpool_plane_fn maxpool_plane
     int CNNRT_POOL_MAX
     int CNNRT_POOL_AVG
     int CNNRT_POOL_L2
@@ -1002,11 +1008,14 @@ cdef void dense_f32(const Step* s, const float* x, float* y,
 # ==========================================================================
 
 cdef void pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
-                     cnnrt_pool_row_fn row_fn) noexcept nogil:
+                     cnnrt_pool_row_fn row_fn, cnnrt_maxpool_plane_fn max_fn) noexcept nogil:
     cdef const float* plane = x + item * s.H * s.W
     cdef float* out = y + item * s.H2 * s.W2
     cdef int kind = CNNRT_POOL_MAX
     cdef Py_ssize_t oy
+    if s.op == OP_MAXPOOL2D and max_fn(plane, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl,
+                                       s.H2, s.W2, out):
+        return
     if s.op == OP_AVGPOOL2D:
         kind = CNNRT_POOL_AVG
     elif s.op == OP_L2POOL2D:
@@ -1019,9 +1028,10 @@ cdef void pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item,
 cdef void pool2d_f32(const Step* s, const float* x, float* y,
                      Py_ssize_t N, int n_threads) noexcept nogil:
     cdef cnnrt_pool_row_fn row_fn = _rows.pool_row
+    cdef cnnrt_maxpool_plane_fn max_fn = _rows.maxpool_plane
     cdef Py_ssize_t item
     for item in prange(N * s.C, schedule="static", num_threads=n_threads):
-        pool_plane(s, x, y, item, row_fn)
+        pool_plane(s, x, y, item, row_fn, max_fn)
 
 
 cdef void global_pool_plane(const Step* s, const float* x, float* y, Py_ssize_t item) noexcept nogil:
@@ -1239,6 +1249,37 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
         unary_f32(s, x, y, N, n_threads)
 
 
+DEF COPY_CHUNK = 16384
+
+
+cdef inline Py_ssize_t nonfinite_in(const float* src, Py_ssize_t n) noexcept nogil:
+    """How many of n floats are NaN or infinite (all exponent bits set)."""
+    cdef const unsigned int* bits = <const unsigned int*> src
+    cdef Py_ssize_t i, bad = 0
+    for i in range(n):
+        bad += (bits[i] & 0x7f800000u) == 0x7f800000u
+    return bad
+
+
+cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
+                           int n_threads) noexcept nogil:
+    """Copy the input into the arena (dst NULL: only check it); returns how
+    many values are NaN or infinite.  Both in one pass, split between threads."""
+    cdef Py_ssize_t n_chunks = (count + COPY_CHUNK - 1) // COPY_CHUNK
+    cdef Py_ssize_t c, lo, n, bad = 0
+    if count * 2 < _parallel_min_work:
+        n_threads = 1
+    for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+        lo = c * COPY_CHUNK
+        n = count - lo
+        if n > COPY_CHUNK:
+            n = COPY_CHUNK
+        if dst != NULL:
+            memcpy(dst + lo, src + lo, n * sizeof(float))
+        bad += nonfinite_in(src + lo, n)
+    return bad
+
+
 cdef void nhwc_to_nchw(const float* src, float* dst, Py_ssize_t N, Py_ssize_t C,
                        Py_ssize_t H, Py_ssize_t W, int n_threads) noexcept nogil:
     cdef Py_ssize_t item
@@ -1381,7 +1422,11 @@ cdef class Plan:
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
-        """Run the plan on ``n`` samples; ``x`` and ``out`` are flat float32 arrays."""
+        """Run the plan on ``n`` samples; ``x`` and ``out`` are flat float32 arrays.
+
+        Returns the number of NaN or infinite values in ``x``; if there are
+        any, nothing is run and ``out`` is left as it was.
+        """
         if n <= 0 or n_threads <= 0:
             raise ValueError("batch size and thread count must be positive")
         if x.shape[0] != n * self.C * self.H * self.W:
@@ -1393,14 +1438,27 @@ cdef class Plan:
         cdef float* a = &arena[0]
         cdef const float* xp = &x[0]
         cdef float* op = &out[0]
+        cdef Py_ssize_t bad
         with nogil:
-            if self.nhwc:
+            bad = self._load(xp, a, n, n_threads)
+            if bad == 0:
+                run_steps(self.steps, self.n_steps, a, a + self.sample_size * n,
+                          a + (self.sample_size + self.scratch_size) * n, n, n_threads)
+                memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+        return bad
+
+    cdef Py_ssize_t _load(self, const float* xp, float* a, Py_ssize_t n,
+                          int n_threads) noexcept nogil:
+        """Check the input and put it into the arena as NCHW; returns the
+        number of non-finite values (then the arena is left unfilled)."""
+        cdef Py_ssize_t count = n * self.C * self.H * self.W
+        cdef Py_ssize_t bad
+        if self.nhwc:
+            bad = copy_input(xp, NULL, count, n_threads)
+            if bad == 0:
                 nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
-            else:
-                memcpy(a + self.in_off * n, xp, n * self.C * self.H * self.W * sizeof(float))
-            run_steps(self.steps, self.n_steps, a, a + self.sample_size * n,
-                      a + (self.sample_size + self.scratch_size) * n, n, n_threads)
-            memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+            return bad
+        return copy_input(xp, a + self.in_off * n, count, n_threads)
 
     def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,
                   Py_ssize_t n, int n_threads, double[::1] seconds):
@@ -1417,14 +1475,14 @@ cdef class Plan:
         cdef const float* xp = &x[0]
         cdef float* op = &out[0]
         cdef double* sec = &seconds[0]
+        cdef Py_ssize_t bad
         with nogil:
-            if self.nhwc:
-                nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
-            else:
-                memcpy(a + self.in_off * n, xp, n * self.C * self.H * self.W * sizeof(float))
-            run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n,
-                            a + (self.sample_size + self.scratch_size) * n, n, n_threads, sec)
-            memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+            bad = self._load(xp, a, n, n_threads)
+            if bad == 0:
+                run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n,
+                                a + (self.sample_size + self.scratch_size) * n, n, n_threads, sec)
+                memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+        return bad
 
 
 cdef int _set_int(Step* s, str name, Py_ssize_t v) except -1:

@@ -131,11 +131,96 @@ __attribute__((target("avx2,fma")))
 static void f32_pool_row__avx2(CNNRT_POOL_ROW_ARGS) { CNNRT_POOL_ROW_BODY }
 __attribute__((target("avx512f")))
 static void f32_pool_row__avx512(CNNRT_POOL_ROW_ARGS) { CNNRT_POOL_ROW_BODY }
+
+/* lanes j < n with 0 <= start + step*j < W, for step 1 or 2 */
+__attribute__((target("avx512f"), always_inline))
+static inline __mmask16 cnnrt_pool_lanes(ptrdiff_t start, ptrdiff_t step, ptrdiff_t W, ptrdiff_t n)
+{
+    ptrdiff_t lo = start >= 0 ? 0 : (-start + step - 1) / step;
+    ptrdiff_t hi = W - 1 - start < 0 ? 0 : (W - 1 - start) / step + 1;
+    if (hi > n)
+        hi = n;
+    if (hi <= lo)
+        return 0;
+    return (__mmask16)(((1u << (hi - lo)) - 1u) << lo);
+}
+
+/* Max pooling of a whole plane with stride 1 or 2 and kernels up to 16
+ * wide: 16 outputs per vector; each tap's inputs are one load (stride 1) or
+ * the even lanes of two (stride 2), masked at the borders, with the masks
+ * of a column block computed once for all its rows.  max(v, acc) keeps acc
+ * where v is NaN, as the scalar body does.  Returns 0 (nothing done) for
+ * other shapes, which then go row by row. */
+#define CNNRT_POOL_MAXKW 16
+__attribute__((target("avx512f")))
+static int f32_maxpool_plane__avx512(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                     ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
+                                     ptrdiff_t pl, ptrdiff_t H2, ptrdiff_t W2, float *out)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __mmask16 use[CNNRT_POOL_MAXKW], mlo[CNNRT_POOL_MAXKW], mhi[CNNRT_POOL_MAXKW];
+    ptrdiff_t start[CNNRT_POOL_MAXKW];
+    int full[CNNRT_POOL_MAXKW];
+    ptrdiff_t ox0, oy, ky, kx;
+    if ((sw != 1 && sw != 2) || kw > CNNRT_POOL_MAXKW)
+        return 0;
+    for (ox0 = 0; ox0 < W2; ox0 += 16) {
+        const ptrdiff_t n = W2 - ox0 < 16 ? W2 - ox0 : 16;
+        const __mmask16 omask = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        for (kx = 0; kx < kw; kx++) {
+            const ptrdiff_t st = ox0 * sw - pl + kx;
+            start[kx] = st;
+            use[kx] = cnnrt_pool_lanes(st, sw, W, n);
+            mlo[kx] = cnnrt_pool_lanes(st, 1, W, 16);
+            mhi[kx] = cnnrt_pool_lanes(st + 16, 1, W, 16);
+            full[kx] = use[kx] == 0xFFFF && st >= 0 && st + 16 * sw <= W;
+        }
+        for (oy = 0; oy < H2; oy++) {
+            const ptrdiff_t y0 = oy * sh - pt;
+            const ptrdiff_t ylo = y0 < 0 ? 0 : y0;
+            const ptrdiff_t yhi = y0 + kh > H ? H : y0 + kh;
+            __m512 acc = _mm512_set1_ps(-INFINITY);
+            for (ky = ylo; ky < yhi; ky++) {
+                const float *row = plane + ky * W;
+                for (kx = 0; kx < kw; kx++) {
+                    const float *src = row + start[kx];
+                    __m512 v;
+                    if (sw == 1) {
+                        v = full[kx] ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mlo[kx], src);
+                    } else if (full[kx]) {
+                        v = _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_loadu_ps(src + 16));
+                    } else {
+                        v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mlo[kx], src), even,
+                                                   _mm512_maskz_loadu_ps(mhi[kx], src + 16));
+                    }
+                    acc = _mm512_mask_max_ps(acc, use[kx], v, acc);
+                }
+            }
+            _mm512_mask_storeu_ps(out + oy * W2 + ox0, omask, acc);
+        }
+    }
+    return 1;
+}
 #endif
+
+typedef int (*cnnrt_maxpool_plane_fn)(const float *plane, ptrdiff_t H, ptrdiff_t W,
+                                      ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                      ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t H2, ptrdiff_t W2,
+                                      float *out);
+
+static int f32_maxpool_plane__none(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                   ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
+                                   ptrdiff_t pl, ptrdiff_t H2, ptrdiff_t W2, float *out)
+{
+    (void)plane; (void)H; (void)W; (void)kh; (void)kw; (void)sh; (void)sw; (void)pt;
+    (void)pl; (void)H2; (void)W2; (void)out;
+    return 0;
+}
 
 typedef struct {
     cnnrt_dot_fn dot;
     cnnrt_pool_row_fn pool_row;
+    cnnrt_maxpool_plane_fn maxpool_plane;  /* returns 0 where it does not apply */
 } cnnrt_rows_config;
 
 static cnnrt_rows_config cnnrt_rows_select(int isa)
@@ -143,10 +228,12 @@ static cnnrt_rows_config cnnrt_rows_select(int isa)
     cnnrt_rows_config cfg;
     cfg.dot = f32_dot__scalar;
     cfg.pool_row = f32_pool_row__scalar;
+    cfg.maxpool_plane = f32_maxpool_plane__none;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
         cfg.dot = f32_dot__avx512;
         cfg.pool_row = f32_pool_row__avx512;
+        cfg.maxpool_plane = f32_maxpool_plane__avx512;
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.dot = f32_dot__avx2;
         cfg.pool_row = f32_pool_row__avx2;

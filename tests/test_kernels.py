@@ -159,3 +159,29 @@ def test_variant_switch_is_checked():
     with pytest.raises(ValueError, match="unknown kernel variant"):
         cnnrt.set_isa("sse9")
     assert cnnrt.get_isa() in ISAS
+
+
+@pytest.mark.parametrize("op", ["maxpool2d", "avgpool2d"])
+@pytest.mark.parametrize("case", [
+    # several 16-output vectors per row, blocks inside the row and at both borders
+    dict(h=9, w=55, kernel=3, stride=2, pad=(0, 0, 0, 0)),
+    dict(h=7, w=64, kernel=2, stride=2, pad=(0, 0, 0, 0)),
+    dict(h=8, w=40, kernel=3, stride=1, pad=(1, 1, 1, 1)),
+    dict(h=6, w=37, kernel=(3, 5), stride=2, pad=(1, 2, 0, 2)),
+    dict(h=5, w=50, kernel=3, stride=3, pad=(1, 0, 1, 2)),
+    dict(h=4, w=45, kernel=(2, 17), stride=1, pad=(0, 8, 1, 8)),
+])
+def test_pool_kernels(isa, op, case):
+    kh, kw = (case["kernel"],) * 2 if np.isscalar(case["kernel"]) else case["kernel"]
+    stride = (case["stride"],) * 2
+    graph = Graph([node(op, "pool", ["input"], "output", kernel=(kh, kw), stride=stride,
+                        padding=case["pad"], **({"count_include_pad": 1} if op == "avgpool2d" else {}))],
+                  input_shape=(3, case["h"], case["w"]))
+    m = cnnrt.Model(graph, threads=2)
+    x = np.random.default_rng(3).standard_normal((2, 3, case["h"], case["w"])).astype(np.float32)
+    got = m.predict(x)
+    kind = "max" if op == "maxpool2d" else "avg"
+    want = ref.pool2d(x.astype(np.float64), kind, (kh, kw), stride, case["pad"],
+                      count_include_pad=1 if kind == "avg" else 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(m.predict(x, threads=1), got)
