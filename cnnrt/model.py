@@ -31,6 +31,7 @@ WINOGRAD_MIN_TILES = 8
 # CNNRT_DIRECT=0 turns it off (for comparisons, and tests of the packed kernels).
 USE_DIRECT = os.environ.get("CNNRT_DIRECT", "1").strip() not in ("0", "false", "no", "off")
 DIRECT_MIN_EFFICIENCY = 0.8
+DIRECT_SHARED_WEIGHTS = 1 << 20
 # 1x1 stride-1 convolutions pack: their taps are whole input planes apart,
 # and packing (with prefetching) streams them better than the micro-kernel.
 DIRECT_POINTWISE = False
@@ -517,7 +518,11 @@ class Model:
                 d["w"] = pack_conv_weights(w["weight"], g)
                 d.update(direct_grid(a, C, H, W, H2, W2, g))
                 need = d["gimage"] if d["gprep"] else 0
-                thread_need = -(-(K // g) // _engine.GEMM_MR) * _engine.GEMM_MR * _engine.GEMM_NR
+                # weights larger than DIRECT_SHARED_WEIGHTS bytes: each task
+                # applies every weight block it reads to several tiles
+                d["outer"] = 4 if w["weight"].nbytes > DIRECT_SHARED_WEIGHTS else 1
+                thread_need = (d["outer"] * -(-(K // g) // _engine.GEMM_MR)
+                               * _engine.GEMM_MR * _engine.GEMM_NR)
             else:
                 d["variant"] = "packed"
                 d["w"] = pack_conv_weights(w["weight"], g)

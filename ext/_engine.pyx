@@ -558,43 +558,52 @@ cdef void grid_plane(const Step* s, const float* x, float* grid, Py_ssize_t item
         memcpy(dst + (s.pt + iy) * s.gw + s.pl, src + iy * s.W, s.W * sizeof(float))
 
 
+DEF DIRECT_TILES = 4  # grid tiles per task when the weights are re-read from memory
+
+
 cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* tiles,
-                           cnnrt_gemm_ukernel_ind ukernel, Py_ssize_t task, Py_ssize_t n_tiles,
-                           Py_ssize_t n_kchunks, Py_ssize_t per_chunk) noexcept nogil:
-    """One tile of NR grid positions for one range of weight panels."""
+                           cnnrt_gemm_ukernel_ind ukernel, Py_ssize_t task, Py_ssize_t n_tb,
+                           Py_ssize_t tb, Py_ssize_t n_kchunks, Py_ssize_t per_chunk) noexcept nogil:
+    """Up to ``tb`` tiles of NR grid positions for one range of weight panels.
+
+    For each block of KC taps, each weight panel's block is read once and
+    applied to every tile of the task (weights larger than the caches are
+    then streamed from memory once per task, not once per tile).
+    """
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Pg = s.H2 * s.gw
     cdef Py_ssize_t Q = Cg * s.kh * s.kw
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t n_tiles = (Pg + CNNRT_NR - 1) // CNNRT_NR
     cdef Py_ssize_t kchunk = task % n_kchunks
-    cdef Py_ssize_t tile = (task // n_kchunks) % n_tiles
-    cdef Py_ssize_t ng = task // (n_kchunks * n_tiles)
+    cdef Py_ssize_t tblock = (task // n_kchunks) % n_tb
+    cdef Py_ssize_t ng = task // (n_kchunks * n_tb)
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
     cdef Py_ssize_t panel0 = kchunk * per_chunk
     cdef Py_ssize_t panel1 = panel0 + per_chunk
-    cdef Py_ssize_t p0 = tile * CNNRT_NR
-    cdef Py_ssize_t nr = Pg - p0
-    cdef Py_ssize_t q0, kc, panel, m0, mr, r, p, oy, ox, L, t
+    cdef Py_ssize_t tile0 = tblock * tb
+    cdef Py_ssize_t tile1 = tile0 + tb
+    cdef Py_ssize_t q0, kc, panel, m0, mr, r, p, oy, ox, L, t, tile, p0, nr, n_seg
     cdef Py_ssize_t seg_src[32]
     cdef Py_ssize_t seg_dst[32]
     cdef Py_ssize_t seg_len[32]
-    cdef Py_ssize_t n_seg = 0
     cdef const float* base
     cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
     cdef const float* bias = s.b + g * Kg if s.b != NULL else NULL
     cdef const float* tl
     cdef float* dst
-    if nr > CNNRT_NR:
-        nr = CNNRT_NR
+    cdef Py_ssize_t tile_floats = (panel1 - panel0) * CNNRT_MR * CNNRT_NR
     if panel1 > n_panels:
         panel1 = n_panels
+    if tile1 > n_tiles:
+        tile1 = n_tiles
     if s.gprep == 0:
-        base = grid + (n * s.C + g * Cg) * s.H * s.W + p0
+        base = grid + (n * s.C + g * Cg) * s.H * s.W
     else:
-        base = grid + n * s.gimage + g * Cg * s.gplane + p0
+        base = grid + n * s.gimage + g * Cg * s.gplane
     q0 = 0
     while q0 < Q:
         kc = Q - q0
@@ -605,34 +614,47 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
             mr = Kg - m0
             if mr > CNNRT_MR:
                 mr = CNNRT_MR
-            ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, base, s.toff + q0,
-                    tiles + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr, nr,
-                    bias + m0 if bias != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
+            for tile in range(tile0, tile1):
+                p0 = tile * CNNRT_NR
+                nr = Pg - p0
+                if nr > CNNRT_NR:
+                    nr = CNNRT_NR
+                ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, base + p0, s.toff + q0,
+                        tiles + (tile - tile0) * tile_floats
+                        + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr, nr,
+                        bias + m0 if bias != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
         q0 += kc
-    # the tile's grid positions that are outputs: runs along output rows
-    p = p0
-    while p < p0 + nr:
-        oy = p // s.gw
-        ox = p - oy * s.gw
-        L = s.gw - ox
-        if L > p0 + nr - p:
-            L = p0 + nr - p
-        if ox < s.W2:
-            seg_src[n_seg] = p - p0
-            seg_dst[n_seg] = oy * s.W2 + ox
-            seg_len[n_seg] = L if ox + L <= s.W2 else s.W2 - ox
-            n_seg += 1
-        p += L
-    for panel in range(panel0, panel1):
-        m0 = panel * CNNRT_MR
-        mr = Kg - m0
-        if mr > CNNRT_MR:
-            mr = CNNRT_MR
-        for r in range(mr):
-            tl = tiles + ((panel - panel0) * CNNRT_MR + r) * CNNRT_NR
-            dst = y + (n * s.K + g * Kg + m0 + r) * P
-            for t in range(n_seg):
-                memcpy(dst + seg_dst[t], tl + seg_src[t], seg_len[t] * sizeof(float))
+    for tile in range(tile0, tile1):
+        p0 = tile * CNNRT_NR
+        nr = Pg - p0
+        if nr > CNNRT_NR:
+            nr = CNNRT_NR
+        # the tile's grid positions that are outputs: runs along output rows
+        n_seg = 0
+        p = p0
+        while p < p0 + nr:
+            oy = p // s.gw
+            ox = p - oy * s.gw
+            L = s.gw - ox
+            if L > p0 + nr - p:
+                L = p0 + nr - p
+            if ox < s.W2:
+                seg_src[n_seg] = p - p0
+                seg_dst[n_seg] = oy * s.W2 + ox
+                seg_len[n_seg] = L if ox + L <= s.W2 else s.W2 - ox
+                n_seg += 1
+            p += L
+        for panel in range(panel0, panel1):
+            m0 = panel * CNNRT_MR
+            mr = Kg - m0
+            if mr > CNNRT_MR:
+                mr = CNNRT_MR
+            for r in range(mr):
+                tl = (tiles + (tile - tile0) * tile_floats
+                      + ((panel - panel0) * CNNRT_MR + r) * CNNRT_NR)
+                dst = y + (n * s.K + g * Kg + m0 + r) * P
+                for t in range(n_seg):
+                    memcpy(dst + seg_dst[t], tl + seg_src[t], seg_len[t] * sizeof(float))
 
 
 cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, float* scratch,
@@ -642,8 +664,8 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
     cdef Py_ssize_t n_tiles = (s.H2 * s.gw + CNNRT_NR - 1) // CNNRT_NR
-    cdef Py_ssize_t outer = N * s.groups * n_tiles
-    cdef Py_ssize_t n_kchunks = 1, per_chunk, t
+    cdef Py_ssize_t outer
+    cdef Py_ssize_t n_kchunks = 1, per_chunk, t, tb = 1, n_tb
     cdef const float* grid = x
     if s.gprep != 0:
         for t in prange(N * s.C, schedule="static", num_threads=n_threads):
@@ -652,6 +674,11 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
     # at least four tasks per thread when there are few tiles; each thread takes
     # a contiguous range of tasks, so neighbouring tiles (which share cache
     # lines of the output) stay on one core
+    # weights beyond the L2 cache: several tiles per task share each read
+    if s.outer > 1:
+        tb = s.outer if s.outer < n_tiles else n_tiles
+    n_tb = (n_tiles + tb - 1) // tb
+    outer = N * s.groups * n_tb
     if n_threads > 1 and outer < 4 * n_threads:
         n_kchunks = (4 * n_threads + outer - 1) // outer
         if n_kchunks > n_panels:
@@ -659,7 +686,7 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     for t in prange(outer * n_kchunks, schedule="static", num_threads=n_threads):
-        conv_direct_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, t, n_tiles,
+        conv_direct_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, t, n_tb, tb,
                          n_kchunks, per_chunk)
 
 

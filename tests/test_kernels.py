@@ -28,15 +28,18 @@ def isa(request):
     _engine.set_isa(before)
 
 
-@pytest.fixture(params=["packed", "direct"])
+@pytest.fixture(params=["packed", "direct", "direct-multi"])
 def gemm_path(request, monkeypatch):
-    """GEMM convolutions either pack their input or read it in place."""
-    direct = request.param == "direct"
+    """GEMM convolutions either pack their input or read it in place (one
+    grid tile per task, or several sharing each weight block)."""
+    direct = request.param != "packed"
     monkeypatch.setattr(model_mod, "USE_DIRECT", direct)
     if direct:  # every shape, pointwise included, however much the grid wastes
         monkeypatch.setattr(model_mod, "DIRECT_POINTWISE", True)
         monkeypatch.setattr(model_mod, "DIRECT_MIN_EFFICIENCY", 0.0)
-    return request.param
+        monkeypatch.setattr(model_mod, "DIRECT_SHARED_WEIGHTS",
+                            0 if request.param == "direct-multi" else 1 << 40)
+    return "direct" if direct else "packed"
 
 
 def conv_model(c, h, w, k, kernel, stride=1, pad=0, dil=1, groups=1, act="none",
