@@ -1289,9 +1289,10 @@ cdef inline Py_ssize_t nonfinite_in(const float* src, Py_ssize_t n) noexcept nog
 
 
 cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
-                           int n_threads) noexcept nogil:
-    """Copy the input into the arena (dst NULL: only check it); returns how
-    many values are NaN or infinite.  Both in one pass, split between threads."""
+                           int n_threads, bint check) noexcept nogil:
+    """Copy the input into the arena (dst NULL: do not copy) and, with
+    ``check``, count the values that are NaN or infinite; one pass, split
+    between the threads."""
     cdef Py_ssize_t n_chunks = (count + COPY_CHUNK - 1) // COPY_CHUNK
     cdef Py_ssize_t c, lo, n, bad = 0
     if count * 2 < _parallel_min_work:
@@ -1303,8 +1304,26 @@ cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
             n = COPY_CHUNK
         if dst != NULL:
             memcpy(dst + lo, src + lo, n * sizeof(float))
-        bad += nonfinite_in(src + lo, n)
+        if check:
+            bad += nonfinite_in(src + lo, n)
     return bad
+
+
+# Batches run in chunks of samples whose activations fit in about this many
+# bytes per thread, so that each layer's output is still in cache when the
+# next layer reads it (per-sample results do not depend on the batch size).
+cdef Py_ssize_t _batch_chunk_bytes = 1 << 20
+
+
+def set_batch_chunk_bytes(Py_ssize_t nbytes):
+    """Run batches in chunks of about ``nbytes`` of activations per thread
+    (at least one sample per thread); returns the previous value."""
+    global _batch_chunk_bytes
+    if nbytes < 1:
+        raise ValueError(f"nbytes must be >= 1, got {nbytes}")
+    previous = _batch_chunk_bytes
+    _batch_chunk_bytes = nbytes
+    return previous
 
 
 cdef void nhwc_to_nchw(const float* src, float* dst, Py_ssize_t N, Py_ssize_t C,
@@ -1443,9 +1462,19 @@ cdef class Plan:
     def __dealloc__(self):
         free(self.steps)
 
+    cdef Py_ssize_t _chunk(self, Py_ssize_t n, int n_threads) noexcept nogil:
+        """Samples run together: a few per thread, all of a small batch."""
+        cdef Py_ssize_t per = (self.sample_size + self.scratch_size) * sizeof(float)
+        cdef Py_ssize_t k = _batch_chunk_bytes // per if per > 0 else n
+        if k < 1:
+            k = 1
+        k *= n_threads
+        return n if k >= n else k
+
     def arena_size(self, Py_ssize_t n, int n_threads):
         """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
-        return (self.sample_size + self.scratch_size) * n + n_threads * self.thread_size
+        return ((self.sample_size + self.scratch_size) * self._chunk(n, n_threads)
+                + n_threads * self.thread_size)
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
             Py_ssize_t n, int n_threads):
@@ -1467,25 +1496,43 @@ cdef class Plan:
         cdef float* op = &out[0]
         cdef Py_ssize_t bad
         with nogil:
-            bad = self._load(xp, a, n, n_threads)
-            if bad == 0:
-                run_steps(self.steps, self.n_steps, a, a + self.sample_size * n,
-                          a + (self.sample_size + self.scratch_size) * n, n, n_threads)
-                memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+            bad = self._run(xp, a, op, n, n_threads, NULL)
         return bad
 
-    cdef Py_ssize_t _load(self, const float* xp, float* a, Py_ssize_t n,
-                          int n_threads) noexcept nogil:
-        """Check the input and put it into the arena as NCHW; returns the
-        number of non-finite values (then the arena is left unfilled)."""
-        cdef Py_ssize_t count = n * self.C * self.H * self.W
+    cdef Py_ssize_t _run(self, const float* xp, float* a, float* op, Py_ssize_t n,
+                         int n_threads, double* seconds) noexcept nogil:
+        """Check the input, then run the batch chunk by chunk; returns the
+        number of non-finite input values (then nothing is run)."""
+        cdef Py_ssize_t size = self.C * self.H * self.W
+        cdef Py_ssize_t nb = self._chunk(n, n_threads)
+        cdef Py_ssize_t i = 0, m
         cdef Py_ssize_t bad
-        if self.nhwc:
-            bad = copy_input(xp, NULL, count, n_threads)
-            if bad == 0:
-                nhwc_to_nchw(xp, a + self.in_off * n, n, self.C, self.H, self.W, n_threads)
-            return bad
-        return copy_input(xp, a + self.in_off * n, count, n_threads)
+        cdef float* x0
+        if self.nhwc or nb < n:
+            bad = copy_input(xp, NULL, n * size, n_threads, True)
+            if bad:
+                return bad
+        while i < n:
+            m = n - i if n - i < nb else nb
+            x0 = a + self.in_off * m
+            if self.nhwc:
+                nhwc_to_nchw(xp + i * size, x0, m, self.C, self.H, self.W, n_threads)
+            elif nb < n:
+                copy_input(xp + i * size, x0, m * size, n_threads, False)
+            else:  # the whole batch at once: copy and check in one pass
+                bad = copy_input(xp, x0, n * size, n_threads, True)
+                if bad:
+                    return bad
+            if seconds != NULL:
+                run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * m,
+                                a + (self.sample_size + self.scratch_size) * m, m, n_threads,
+                                seconds)
+            else:
+                run_steps(self.steps, self.n_steps, a, a + self.sample_size * m,
+                          a + (self.sample_size + self.scratch_size) * m, m, n_threads)
+            memcpy(op + i * self.out_size, a + self.out_off * m, m * self.out_size * sizeof(float))
+            i += m
+        return 0
 
     def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,
                   Py_ssize_t n, int n_threads, double[::1] seconds):
@@ -1504,11 +1551,7 @@ cdef class Plan:
         cdef double* sec = &seconds[0]
         cdef Py_ssize_t bad
         with nogil:
-            bad = self._load(xp, a, n, n_threads)
-            if bad == 0:
-                run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * n,
-                                a + (self.sample_size + self.scratch_size) * n, n, n_threads, sec)
-                memcpy(op, a + self.out_off * n, n * self.out_size * sizeof(float))
+            bad = self._run(xp, a, op, n, n_threads, sec)
         return bad
 
 

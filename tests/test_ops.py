@@ -275,6 +275,33 @@ def test_bit_identical_across_threads_and_batch_positions():
         assert np.array_equal(model.predict(x[i:i + 1])[0], got[i])
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batches_run_in_chunks(layout):
+    """A batch runs chunk by chunk (a few samples per thread) with the same
+    bits as all at once, and a NaN anywhere in it is still refused."""
+    from cnnrt import _engine
+    graph = small_cnn(2)
+    if layout == "NHWC":
+        graph = Graph(graph.nodes, input_shape=graph.input_shape, input_layout="NHWC",
+                      labels=graph.labels)
+    model = cnnrt.Model(graph, threads=2)
+    x = rand(np.random.default_rng(11), 9, *model.input_shape)
+    previous = _engine.set_batch_chunk_bytes(1 << 40)
+    try:
+        whole = model.predict(x)
+        assert model._plan.arena_size(9, 2) - model._plan.arena_size(1, 2) > 0
+        _engine.set_batch_chunk_bytes(1)  # one sample per thread per chunk
+        assert model._plan.arena_size(9, 2) == model._plan.arena_size(2, 2)
+        for threads in (1, 2, 3):
+            assert np.array_equal(model.predict(x, threads=threads), whole)
+        bad = x.copy()
+        bad[8].flat[5] = np.nan
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model.predict(bad)
+    finally:
+        _engine.set_batch_chunk_bytes(previous)
+
+
 def test_shared_model_many_threads():
     model = cnnrt.Model(small_cnn(2), threads=2)
     rng = np.random.default_rng(11)
