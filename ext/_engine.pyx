@@ -540,22 +540,63 @@ cdef void conv2d_shared(const Step* s, const float* x, const float* phases, floa
 # or the stride phases.  Output (oy, ox) is grid position oy * gw + ox; the
 # columns ox >= W2 of each grid row are computed and dropped.
 
-cdef void grid_plane(const Step* s, const float* x, float* grid, Py_ssize_t item) noexcept nogil:
-    """Write channel plane ``item`` (image-major) into the grid of its image."""
-    cdef Py_ssize_t n = item // s.C
-    cdef Py_ssize_t c = item % s.C
-    cdef const float* src = x + item * s.H * s.W
+DEF GRID_ROWS = 8  # padded input rows per grid-building task
+
+
+cdef void grid_rows(const Step* s, const float* x, float* grid, Py_ssize_t item,
+                    Py_ssize_t n_items) noexcept nogil:
+    """Write GRID_ROWS rows of the zero-padded input plane into the grid.
+
+    ``item`` counts (image, channel, block of padded rows).  Padded row py
+    (the image's row py - pt, or zeros) goes to grid row py (stride 1) or,
+    split by column phase, to row py // sh of phases (py % sh, b); no two
+    items write the same row.  The last item of an image also zeroes the
+    slack after its last plane.
+    """
+    cdef Py_ssize_t Hp = s.th * s.sh if s.gprep == 2 else s.gplane // s.gw
+    cdef Py_ssize_t plane = item // n_items
+    cdef Py_ssize_t n = plane // s.C
+    cdef Py_ssize_t c = plane % s.C
+    cdef Py_ssize_t py0 = (item % n_items) * GRID_ROWS
+    cdef Py_ssize_t py1 = py0 + GRID_ROWS
+    cdef const float* src = x + plane * s.H * s.W
     cdef float* dst = grid + n * s.gimage + c * s.gplane
-    cdef Py_ssize_t iy
-    if c == s.C - 1:  # the slack after the last plane
+    cdef Py_ssize_t py, y, b, col, lo, hi
+    cdef float* row
+    cdef const float* sb
+    if py1 > Hp:
+        py1 = Hp
+    if c == s.C - 1 and py1 == Hp:
         memset(grid + n * s.gimage + s.C * s.gplane, 0,
                (s.gimage - s.C * s.gplane) * sizeof(float))
-    if s.gprep == 2:
-        phase_split(s, src, dst)
-        return
-    memset(dst, 0, s.gplane * sizeof(float))
-    for iy in range(s.H):
-        memcpy(dst + (s.pt + iy) * s.gw + s.pl, src + iy * s.W, s.W * sizeof(float))
+    for py in range(py0, py1):
+        y = py - s.pt
+        if s.gprep == 1:
+            row = dst + py * s.gw
+            if y < 0 or y >= s.H:
+                memset(row, 0, s.gw * sizeof(float))
+            else:
+                memset(row, 0, s.pl * sizeof(float))
+                memcpy(row + s.pl, src + y * s.W, s.W * sizeof(float))
+                memset(row + s.pl + s.W, 0, (s.gw - s.pl - s.W) * sizeof(float))
+            continue
+        for b in range(s.sw):
+            row = dst + (((py % s.sh) * s.sw + b) * s.th + py // s.sh) * s.tw
+            if y < 0 or y >= s.H:
+                memset(row, 0, s.tw * sizeof(float))
+                continue
+            # phase columns col with 0 <= col * sw + b - pl < W
+            lo = (s.pl - b + s.sw - 1) // s.sw if s.pl > b else 0
+            hi = (s.W - 1 + s.pl - b) // s.sw + 1 if s.W - 1 + s.pl - b >= 0 else 0
+            if hi > s.tw:
+                hi = s.tw
+            if hi < lo:
+                hi = lo
+            memset(row, 0, lo * sizeof(float))
+            sb = src + y * s.W + b - s.pl
+            for col in range(lo, hi):
+                row[col] = sb[col * s.sw]
+            memset(row + hi, 0, (s.tw - hi) * sizeof(float))
 
 
 DEF DIRECT_TILES = 4  # grid tiles per task when the weights are re-read from memory
@@ -667,9 +708,11 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
     cdef Py_ssize_t outer
     cdef Py_ssize_t n_kchunks = 1, per_chunk, t, tb = 1, n_tb
     cdef const float* grid = x
+    cdef Py_ssize_t n_items
     if s.gprep != 0:
-        for t in prange(N * s.C, schedule="static", num_threads=n_threads):
-            grid_plane(s, x, work, t)
+        n_items = ((s.th * s.sh if s.gprep == 2 else s.gplane // s.gw) + GRID_ROWS - 1) // GRID_ROWS
+        for t in prange(N * s.C * n_items, schedule="static", num_threads=n_threads):
+            grid_rows(s, x, work, t, n_items)
         grid = work
     # at least four tasks per thread when there are few tiles; each thread takes
     # a contiguous range of tasks, so neighbouring tiles (which share cache
