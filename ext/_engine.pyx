@@ -462,7 +462,7 @@ cdef void shared_pack_task(const Step* s, const float* x, const float* phases, f
 
 
 cdef void shared_gemm_task(const Step* s, const float* bp, float* y, cnnrt_gemm_ukernel ukernel,
-                           Py_ssize_t task, Py_ssize_t n_sub, Py_ssize_t n_kchunks,
+                           Py_ssize_t task, Py_ssize_t n_sub, Py_ssize_t task_span,
                            Py_ssize_t per_chunk) noexcept nogil:
     """One NR-column panel times one range of weight panels, from shared packed panels."""
     cdef Py_ssize_t Cg = s.C // s.groups
@@ -470,9 +470,11 @@ cdef void shared_gemm_task(const Step* s, const float* bp, float* y, cnnrt_gemm_
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Q = Cg * s.kh * s.kw
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
-    cdef Py_ssize_t kchunk = task % n_kchunks
-    cdef Py_ssize_t sub = (task // n_kchunks) % n_sub
-    cdef Py_ssize_t ng = task // (n_kchunks * n_sub)
+    # weight ranges vary slowest: a thread's contiguous tasks share its weights
+    cdef Py_ssize_t per_k = task_span
+    cdef Py_ssize_t kchunk = task // per_k
+    cdef Py_ssize_t sub = (task % per_k) % n_sub
+    cdef Py_ssize_t ng = (task % per_k) // n_sub
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
     cdef Py_ssize_t panel0 = kchunk * per_chunk
@@ -519,16 +521,14 @@ cdef void conv2d_shared(const Step* s, const float* x, const float* phases, floa
     cdef Py_ssize_t n_kchunks = 1, per_chunk, t
     for t in prange(outer * n_q, schedule="static", num_threads=n_threads):
         shared_pack_task(s, x, phases, bp, t, n_sub, n_q)
-    # at least four tasks per thread; contiguous ranges per thread, so that
-    # neighbouring column panels (which share output cache lines) stay on one core
-    if outer < 4 * n_threads:
-        n_kchunks = (4 * n_threads + outer - 1) // outer
-        if n_kchunks > n_panels:
-            n_kchunks = n_panels
+    # one range of weight panels per thread (each thread then reads only its
+    # share of the weights), every column panel in each; neighbouring column
+    # panels, which share output cache lines, stay on one core
+    n_kchunks = n_threads if n_threads < n_panels else n_panels
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     for t in prange(outer * n_kchunks, schedule="static", num_threads=n_threads):
-        shared_gemm_task(s, bp, y, ukernel, t, n_sub, n_kchunks, per_chunk)
+        shared_gemm_task(s, bp, y, ukernel, t, n_sub, outer, per_chunk)
 
 
 # ------------------------------------------------------- input read in place
@@ -604,7 +604,7 @@ DEF DIRECT_TILES = 4  # grid tiles per task when the weights are re-read from me
 
 cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* tiles,
                            cnnrt_gemm_ukernel_ind ukernel, Py_ssize_t task, Py_ssize_t n_tb,
-                           Py_ssize_t tb, Py_ssize_t n_kchunks, Py_ssize_t per_chunk) noexcept nogil:
+                           Py_ssize_t tb, Py_ssize_t n_img, Py_ssize_t per_chunk) noexcept nogil:
     """Up to ``tb`` tiles of NR grid positions for one range of weight panels.
 
     For each block of KC taps, each weight panel's block is read once and
@@ -618,9 +618,10 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
     cdef Py_ssize_t Q = Cg * s.kh * s.kw
     cdef Py_ssize_t n_panels = (Kg + CNNRT_MR - 1) // CNNRT_MR
     cdef Py_ssize_t n_tiles = (Pg + CNNRT_NR - 1) // CNNRT_NR
-    cdef Py_ssize_t kchunk = task % n_kchunks
-    cdef Py_ssize_t tblock = (task // n_kchunks) % n_tb
-    cdef Py_ssize_t ng = task // (n_kchunks * n_tb)
+    # weight ranges vary slowest: a thread's contiguous tasks share its weights
+    cdef Py_ssize_t kchunk = task // (n_tb * s.groups * n_img)
+    cdef Py_ssize_t tblock = task % n_tb
+    cdef Py_ssize_t ng = (task // n_tb) % (s.groups * n_img)
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
     cdef Py_ssize_t panel0 = kchunk * per_chunk
@@ -722,15 +723,14 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
         tb = s.outer if s.outer < n_tiles else n_tiles
     n_tb = (n_tiles + tb - 1) // tb
     outer = N * s.groups * n_tb
+    # few tiles: one range of weight panels per thread, all tiles in each
     if n_threads > 1 and outer < 4 * n_threads:
-        n_kchunks = (4 * n_threads + outer - 1) // outer
-        if n_kchunks > n_panels:
-            n_kchunks = n_panels
+        n_kchunks = n_threads if n_threads < n_panels else n_panels
     per_chunk = (n_panels + n_kchunks - 1) // n_kchunks
     n_kchunks = (n_panels + per_chunk - 1) // per_chunk
     for t in prange(outer * n_kchunks, schedule="static", num_threads=n_threads):
         conv_direct_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, t, n_tb, tb,
-                         n_kchunks, per_chunk)
+                         N, per_chunk)
 
 
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
