@@ -943,6 +943,8 @@ cdef extern from "f32_dwconv.h":
     Py_ssize_t cnnrt_dwconv_plane2_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
                                         Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
                                         Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
+    Py_ssize_t cnnrt_dw_zero_row(Py_ssize_t W, Py_ssize_t W2, Py_ssize_t kw, Py_ssize_t dw,
+                                 Py_ssize_t pl, Py_ssize_t s) noexcept nogil
     Py_ssize_t cnnrt_dwconv_plane_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
                                        Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
                                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t H2) noexcept nogil
@@ -954,9 +956,12 @@ cdef cnnrt_dwconv_plane_fn _dwconv_plane2 = cnnrt_dwconv_plane2_select(cnnrt_isa
 
 def dwconv_plane_work(stride, H, W, kw, dw, pt, pl, pb, pr, H2):
     """Private floats a depthwise plane of stride 1 or 2 needs (see f32_dwconv.h)."""
+    W2 = (W + pl + pr - (kw - 1) * dw - 1) // stride + 1
     if stride == 1:
-        return cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
-    return cnnrt_dwconv_plane2_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+        work = cnnrt_dwconv_plane_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+    else:
+        work = cnnrt_dwconv_plane2_work(H, W, kw, dw, pt, pl, pb, pr, H2)
+    return max(work, cnnrt_dw_zero_row(W, W2, kw, dw, pl, stride))
 
 
 cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t item,

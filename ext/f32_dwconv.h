@@ -236,21 +236,33 @@ __attribute__((target("avx512f")))
 static void f32_dwconv_plane_s2__avx512(CNNRT_DWCONV_PLANE_ARGS) { CNNRT_DWCONV_PLANE2_BODY }
 #endif
 
+/* Floats of the zero row: columns -pl .. past the last one any block loads. */
+static inline ptrdiff_t cnnrt_dw_zero_row(ptrdiff_t W, ptrdiff_t W2, ptrdiff_t kw, ptrdiff_t dw,
+                                          ptrdiff_t pl, ptrdiff_t s)
+{
+    const ptrdiff_t last = (W2 + 15) / 16 * 16 * s + (kw - 1) * dw + 16;
+    return pl + (last > W ? last : W) + 16;
+}
+
 #ifdef CNNRT_X86
 /*
  * AVX-512 depthwise planes with the accumulators in registers.
  *
  * Each output vector (16 columns of one row) is computed completely in a
  * register: bias, then every tap in (ky, kx) order, then the activation,
- * and stored once.  Taps that fall into the zero padding load zeros through
- * the load mask (and rows wholly outside the input are skipped), so the
- * sums equal the padded-plane kernels' sums.  Up to four output rows are
- * computed together so that four independent multiply-add chains hide the
- * latency.  Stride 2 loads 32 consecutive input values per tap and keeps
- * the even ones with one permute.  Kernels wider than 16 taps use the
- * padded-plane kernels above.
+ * and stored once.  Eight output rows are computed together (four for
+ * planes of 4 to 7 rows; the last block of a plane ends at its last row and
+ * may overlap the previous one), so that many independent multiply-add
+ * chains hide the latency.  Taps in the vertical padding read a row of
+ * zeros in `work`; taps in the horizontal padding load zeros through the
+ * column masks, which are the same for every row of a block and absent for
+ * blocks whose loads all lie inside the row.  The sums therefore equal the
+ * padded-plane kernels' sums.  Stride 2 loads 32 consecutive input values
+ * per tap and keeps the even ones with one permute.  Kernels wider than 16
+ * taps use the padded-plane kernels above.
  */
 #define CNNRT_DW_MAXKW 16
+
 
 __attribute__((target("avx512f")))
 static inline __mmask16 cnnrt_dw_span_mask(ptrdiff_t start, ptrdiff_t W, ptrdiff_t nvalid)
@@ -275,15 +287,6 @@ static inline __mmask16 cnnrt_dw_span_mask(ptrdiff_t start, ptrdiff_t W, ptrdiff
         const __m512 lo_ = _mm512_maskz_loadu_ps(m0[kx] & (RM), (ROW) + xstart[kx]); \
         const __m512 hi_ = _mm512_maskz_loadu_ps(m1[kx] & (RM), (ROW) + xstart[kx] + 16); \
         V = _mm512_permutex2var_ps(lo_, even, hi_);                                 \
-    }
-
-/* The same without masks, for blocks whose taps all lie inside the input. */
-#define CNNRT_DW_LOAD_IN(V, ROW, RM)                                                \
-    if (s == 1) {                                                                   \
-        V = _mm512_loadu_ps((ROW) + xstart[kx]);                                    \
-    } else {                                                                        \
-        V = _mm512_permutex2var_ps(_mm512_loadu_ps((ROW) + xstart[kx]), even,       \
-                                   _mm512_loadu_ps((ROW) + xstart[kx] + 16));       \
     }
 
 __attribute__((target("avx512f"), always_inline))
@@ -317,19 +320,82 @@ static inline void cnnrt_dw_store_avx512(__m512 v, int act, float *dst, __mmask1
         RM = in_ ? (__mmask16)0xFFFF : (__mmask16)0;                                \
     }
 
+/* R consecutive output rows (R = 4 or 8) of one column block, from row oy:
+ * R accumulators, every tap in (ky, kx) order.  Input rows in the vertical
+ * padding read `zrow`, a row of zeros, so only the columns need masks, and
+ * those are the same for every row: with `cols_in` (every load inside the
+ * row) none at all. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw_rows_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
+                                        const float *wk, ptrdiff_t kh, ptrdiff_t kw,
+                                        const ptrdiff_t s, ptrdiff_t dh, ptrdiff_t pt,
+                                        ptrdiff_t oy, const int R, int cols_in,
+                                        const ptrdiff_t *xstart, const __mmask16 *m0,
+                                        const __mmask16 *m1, const float *zrow, __m512 bv,
+                                        int act, float *out, ptrdiff_t W2, __mmask16 omask,
+                                        ptrdiff_t nvalid)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __m512 acc[8];
+    const float *p[8];
+    ptrdiff_t ky, kx;
+    int r;
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+        acc[r] = bv;
+    for (ky = 0; ky < kh; ky++) {
+#pragma GCC unroll 8
+        for (r = 0; r < R; r++) {
+            const ptrdiff_t iy = (oy + r) * s - pt + ky * dh;
+            p[r] = iy >= 0 && iy < H ? plane + iy * W : zrow;
+        }
+        for (kx = 0; kx < kw; kx++) {
+            const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
+            const __mmask16 k0 = m0[kx], k1 = m1[kx];
+            const ptrdiff_t x0 = xstart[kx];
+            if (cols_in) {
+#pragma GCC unroll 8
+                for (r = 0; r < R; r++) {
+                    const __m512 v = s == 1 ? _mm512_loadu_ps(p[r] + x0)
+                        : _mm512_permutex2var_ps(_mm512_loadu_ps(p[r] + x0), even,
+                                                 _mm512_loadu_ps(p[r] + x0 + 16));
+                    acc[r] = _mm512_fmadd_ps(wv, v, acc[r]);
+                }
+            } else {
+#pragma GCC unroll 8
+                for (r = 0; r < R; r++) {
+                    const __m512 v = s == 1 ? _mm512_maskz_loadu_ps(k0, p[r] + x0)
+                        : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k0, p[r] + x0), even,
+                                                 _mm512_maskz_loadu_ps(k1, p[r] + x0 + 16));
+                    acc[r] = _mm512_fmadd_ps(wv, v, acc[r]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+        cnnrt_dw_store_avx512(acc[r], act, out + r * W2, omask, nvalid);
+}
+
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
                                          const float *wk, ptrdiff_t kh, ptrdiff_t kw,
                                          const ptrdiff_t s, ptrdiff_t dh, ptrdiff_t dw,
                                          ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t H2,
-                                         ptrdiff_t W2, float bias, int act, float *out)
+                                         ptrdiff_t W2, float bias, int act, float *out,
+                                         float *work)
 {
+    /* a row of zeros for the vertical padding, readable from column -pl to
+     * past the last column any block loads */
+    const ptrdiff_t zlen = cnnrt_dw_zero_row(W, W2, kw, dw, pl, s);
+    const float *zrow = work + pl;
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512 bv = _mm512_set1_ps(bias);
     ptrdiff_t xstart[CNNRT_DW_MAXKW];
     __mmask16 m0[CNNRT_DW_MAXKW], m1[CNNRT_DW_MAXKW];
     ptrdiff_t ox0, oy, kx, ky;
     int cols_in;
+    memset(work, 0, zlen * sizeof(float));
     for (ox0 = 0; ox0 < W2; ox0 += 16) {
         const ptrdiff_t nvalid = W2 - ox0 < 16 ? W2 - ox0 : 16;
         const __mmask16 omask = (__mmask16)(nvalid >= 16 ? 0xFFFFu : (1u << nvalid) - 1u);
@@ -348,56 +414,25 @@ static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdif
         }
         /* every tap of this column block reads full vectors inside the row */
         cols_in = nvalid == 16 && xstart[0] >= 0 && xstart[kw - 1] + 16 * s <= W;
-        /* four output rows at a time: four independent accumulator chains */
-        for (oy = 0; oy + 4 <= H2; oy += 4) {
-            const int inside = cols_in && oy * s - pt >= 0 && (oy + 3) * s - pt + (kh - 1) * dh < H;
-            if (inside) {
-                __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-                for (ky = 0; ky < kh; ky++) {
-                    const float *p0, *p1, *p2, *p3;
-                    __mmask16 r0, r1, r2, r3;
-                    CNNRT_DW_ROW(p0, r0, oy) CNNRT_DW_ROW(p1, r1, oy + 1)
-                    CNNRT_DW_ROW(p2, r2, oy + 2) CNNRT_DW_ROW(p3, r3, oy + 3)
-                    for (kx = 0; kx < kw; kx++) {
-                        const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
-                        __m512 v0, v1, v2, v3;
-                        CNNRT_DW_LOAD_IN(v0, p0, r0) CNNRT_DW_LOAD_IN(v1, p1, r1)
-                        CNNRT_DW_LOAD_IN(v2, p2, r2) CNNRT_DW_LOAD_IN(v3, p3, r3)
-                        a0 = _mm512_fmadd_ps(wv, v0, a0);
-                        a1 = _mm512_fmadd_ps(wv, v1, a1);
-                        a2 = _mm512_fmadd_ps(wv, v2, a2);
-                        a3 = _mm512_fmadd_ps(wv, v3, a3);
-                    }
-                }
-                cnnrt_dw_store_avx512(a0, act, out + oy * W2 + ox0, omask, nvalid);
-                cnnrt_dw_store_avx512(a1, act, out + (oy + 1) * W2 + ox0, omask, nvalid);
-                cnnrt_dw_store_avx512(a2, act, out + (oy + 2) * W2 + ox0, omask, nvalid);
-                cnnrt_dw_store_avx512(a3, act, out + (oy + 3) * W2 + ox0, omask, nvalid);
-                continue;
+        /* blocks of eight (or four) output rows: that many independent
+         * accumulator chains; the last block ends at the last row and may
+         * overlap the one before (the overlapping rows get the same values) */
+        if (H2 >= 4) {
+            const ptrdiff_t R = H2 >= 8 ? 8 : 4;
+            for (oy = 0; oy < H2; oy += R) {
+                const ptrdiff_t o = oy + R <= H2 ? oy : H2 - R;
+                if (R == 8)
+                    cnnrt_dw_rows_avx512(plane, H, W, wk, kh, kw, s, dh, pt, o, 8, cols_in,
+                                         xstart, m0, m1, zrow, bv, act, out + o * W2 + ox0, W2,
+                                         omask, nvalid);
+                else
+                    cnnrt_dw_rows_avx512(plane, H, W, wk, kh, kw, s, dh, pt, o, 4, cols_in,
+                                         xstart, m0, m1, zrow, bv, act, out + o * W2 + ox0, W2,
+                                         omask, nvalid);
             }
-            __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-            for (ky = 0; ky < kh; ky++) {
-                const float *p0, *p1, *p2, *p3;
-                __mmask16 r0, r1, r2, r3;
-                CNNRT_DW_ROW(p0, r0, oy) CNNRT_DW_ROW(p1, r1, oy + 1)
-                CNNRT_DW_ROW(p2, r2, oy + 2) CNNRT_DW_ROW(p3, r3, oy + 3)
-                for (kx = 0; kx < kw; kx++) {
-                    const __m512 wv = _mm512_set1_ps(wk[ky * kw + kx]);
-                    __m512 v0, v1, v2, v3;
-                    CNNRT_DW_LOAD(v0, p0, r0) CNNRT_DW_LOAD(v1, p1, r1)
-                    CNNRT_DW_LOAD(v2, p2, r2) CNNRT_DW_LOAD(v3, p3, r3)
-                    a0 = _mm512_fmadd_ps(wv, v0, a0);
-                    a1 = _mm512_fmadd_ps(wv, v1, a1);
-                    a2 = _mm512_fmadd_ps(wv, v2, a2);
-                    a3 = _mm512_fmadd_ps(wv, v3, a3);
-                }
-            }
-            cnnrt_dw_store_avx512(a0, act, out + oy * W2 + ox0, omask, nvalid);
-            cnnrt_dw_store_avx512(a1, act, out + (oy + 1) * W2 + ox0, omask, nvalid);
-            cnnrt_dw_store_avx512(a2, act, out + (oy + 2) * W2 + ox0, omask, nvalid);
-            cnnrt_dw_store_avx512(a3, act, out + (oy + 3) * W2 + ox0, omask, nvalid);
+            continue;
         }
-        for (; oy < H2; oy++) {
+        for (oy = 0; oy < H2; oy++) {
             __m512 a0 = bv;
             for (ky = 0; ky < kh; ky++) {
                 const float *p0;
@@ -415,7 +450,6 @@ static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdif
     }
 }
 #undef CNNRT_DW_LOAD
-#undef CNNRT_DW_LOAD_IN
 #undef CNNRT_DW_ROW
 
 __attribute__((target("avx512f")))
@@ -426,7 +460,8 @@ static void f32_dwconv_direct_s1__avx512(CNNRT_DWCONV_PLANE_ARGS)
                                     H2, W2, bias, act, out, work);
         return;
     }
-    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 1, dh, dw, pt, pl, H2, W2, bias, act, out);
+    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 1, dh, dw, pt, pl, H2, W2, bias, act, out,
+                          work);
 }
 
 __attribute__((target("avx512f")))
@@ -437,7 +472,8 @@ static void f32_dwconv_direct_s2__avx512(CNNRT_DWCONV_PLANE_ARGS)
                                     H2, W2, bias, act, out, work);
         return;
     }
-    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 2, dh, dw, pt, pl, H2, W2, bias, act, out);
+    cnnrt_dw_plane_avx512(plane, H, W, wk, kh, kw, 2, dh, dw, pt, pl, H2, W2, bias, act, out,
+                          work);
 }
 #endif
 
