@@ -32,6 +32,9 @@ WINOGRAD_MIN_TILES = 8
 USE_DIRECT = os.environ.get("CNNRT_DIRECT", "1").strip() not in ("0", "false", "no", "off")
 DIRECT_MIN_EFFICIENCY = 0.8
 DIRECT_SHARED_WEIGHTS = 1 << 20
+# Depthwise convolutions with one output per input channel run 16 channels
+# at a time on ISAs that have that kernel (AVX-512); False: plane by plane.
+USE_DW16 = True
 # 1x1 stride-1 convolutions pack: their taps are whole input planes apart,
 # and packing (with prefetching) streams them better than the micro-kernel.
 DIRECT_POINTWISE = False
@@ -499,6 +502,20 @@ class Model:
                     thread_need = _engine.dwconv_plane_work(
                         a["stride"][0], H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"],
                         d["pr"], H2)
+                if K == C and USE_DW16:
+                    # 16 channels at a time (used where the ISA has that kernel)
+                    kk = d["kh"] * d["kw"]
+                    groups16 = -(-K // 16)
+                    w16 = np.zeros((groups16 * 16, kk), np.float32)
+                    w16[:K] = w["weight"].reshape(K, kk)
+                    d["w2"] = np.ascontiguousarray(
+                        w16.reshape(groups16, 16, kk).transpose(0, 2, 1))
+                    b16 = np.zeros(groups16 * 16, np.float32)
+                    if w.get("bias") is not None:
+                        b16[:K] = w["bias"]
+                    d["b2"] = b16
+                    thread_need = max(thread_need, _engine.dw16_work(
+                        W, d["kh"], d["sh"], d["dh"], d["pl"], d["pr"], H2, W2))
             elif winograd_eligible(a, C, K, H2, W2):
                 d["op"] = "winograd3x3"
                 d["w"] = pack_winograd_weights(w["weight"])

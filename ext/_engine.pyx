@@ -938,6 +938,14 @@ cdef extern from "f32_dwconv.h":
                                            Py_ssize_t pl, Py_ssize_t pb, Py_ssize_t pr,
                                            Py_ssize_t H2, Py_ssize_t W2, float bias, int act,
                                            float* out, float* work) noexcept nogil
+    ctypedef void (*cnnrt_dw16_fn)(const float* x, Py_ssize_t H, Py_ssize_t W, const float* wk16,
+                                   const float* bias16, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
+                                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t pr, Py_ssize_t H2,
+                                   Py_ssize_t W2, int act, float* y, float* work) noexcept nogil
+    cnnrt_dw16_fn cnnrt_dw16_select(int isa) noexcept nogil
+    Py_ssize_t cnnrt_dw16_work(Py_ssize_t W, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t dh,
+                               Py_ssize_t pl, Py_ssize_t pr, Py_ssize_t H2, Py_ssize_t W2) noexcept nogil
     cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa) noexcept nogil
     cnnrt_dwconv_plane_fn cnnrt_dwconv_plane2_select(int isa) noexcept nogil
     Py_ssize_t cnnrt_dwconv_plane2_work(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kw,
@@ -952,6 +960,12 @@ cdef extern from "f32_dwconv.h":
 cdef cnnrt_dwconv_row_fn _dwconv_row = cnnrt_dwconv_select(cnnrt_isa_best())
 cdef cnnrt_dwconv_plane_fn _dwconv_plane = cnnrt_dwconv_plane_select(cnnrt_isa_best())
 cdef cnnrt_dwconv_plane_fn _dwconv_plane2 = cnnrt_dwconv_plane2_select(cnnrt_isa_best())
+cdef cnnrt_dw16_fn _dw16 = cnnrt_dw16_select(cnnrt_isa_best())
+
+
+def dw16_work(W, kh, sh, dh, pl, pr, H2, W2):
+    """Private floats the 16-channel depthwise kernel needs (see f32_dwconv.h)."""
+    return cnnrt_dw16_work(W, kh, sh, dh, pl, pr, H2, W2)
 
 
 def dwconv_plane_work(stride, H, W, kw, dw, pt, pl, pb, pr, H2):
@@ -994,7 +1008,21 @@ cdef void depthwise2d_f32(const Step* s, const float* x, float* y, float* pack,
     cdef cnnrt_dwconv_row_fn row_fn = _dwconv_row
     cdef cnnrt_dwconv_plane_fn plane_fn = _dwconv_plane
     cdef cnnrt_dwconv_plane_fn plane2_fn = _dwconv_plane2
-    cdef Py_ssize_t item
+    cdef cnnrt_dw16_fn dw16 = _dw16
+    cdef Py_ssize_t item, n_groups, n, g, nc
+    if dw16 != NULL and s.w2 != NULL:  # 16 channels at a time
+        n_groups = (s.K + 15) // 16
+        for item in prange(N * n_groups, schedule="static", num_threads=n_threads):
+            n = item // n_groups
+            g = item % n_groups
+            nc = s.K - g * 16
+            if nc > 16:
+                nc = 16
+            dw16(x + (n * s.C + g * 16) * s.H * s.W, s.H, s.W, s.w2 + g * 16 * s.kh * s.kw,
+                 s.b2 + g * 16, nc, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl, s.pr,
+                 s.H2, s.W2, s.act, y + (n * s.K + g * 16) * s.H2 * s.W2,
+                 pack + threadid() * s.tstride)
+        return
     for item in prange(N * s.K, schedule="static", num_threads=n_threads):
         depthwise_plane(s, x, y, item, row_fn, plane_fn, plane2_fn, pack + threadid() * s.tstride)
 
@@ -1504,6 +1532,8 @@ cdef class Plan:
                 offs = toff
                 s.toff = &offs[0]
             s.w = _float_ptr(d.get("w"), self.keep)
+            s.w2 = _float_ptr(d.get("w2"), self.keep)
+            s.b2 = _float_ptr(d.get("b2"), self.keep)
             s.b = _float_ptr(d.get("b"), self.keep)
             s.tstride = self.thread_size
 
@@ -1669,7 +1699,7 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _store_t, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino
+    global _gemm, _store_t, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino, _dw16
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
@@ -1677,6 +1707,7 @@ def set_isa(str name):
     _dwconv_row = cnnrt_dwconv_select(_ISA_CODES[name])
     _dwconv_plane = cnnrt_dwconv_plane_select(_ISA_CODES[name])
     _dwconv_plane2 = cnnrt_dwconv_plane2_select(_ISA_CODES[name])
+    _dw16 = cnnrt_dw16_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
     _wino = cnnrt_wino_select(_ISA_CODES[name])
 

@@ -68,3 +68,5 @@ ctypedef struct Step:
     float f0, f1                  # leaky_relu alpha; clip min, max
     const float* w                # weights (or batchnorm scale)
     const float* b                # bias (or batchnorm shift); NULL if none
+    const float* w2               # depthwise: weights as [K/16][kh*kw][16] (NULL: none)
+    const float* b2               # depthwise: biases as [K/16][16], zeros if none

@@ -477,6 +477,170 @@ static void f32_dwconv_direct_s2__avx512(CNNRT_DWCONV_PLANE_ARGS)
 }
 #endif
 
+/*
+ * Depthwise convolution of 16 channels at once (one input channel per
+ * output channel), the channels in the lanes of a vector.  A band of input
+ * rows of the group's 16 planes is transposed into `work` as [row][column]
+ * [16] with its zero padding, so every tap of every output position is one
+ * aligned vector load and one multiply-add with the tap's 16 weights; eight
+ * output positions of a row are computed together.  The band's outputs, [row][column]
+ * [16], are transposed back into the 16 output planes.  Per output: bias,
+ * then the taps in (ky, kx) order, then the activation, exactly as the
+ * plane kernels.
+ *
+ * wk16: the group's weights as [kh*kw][16]; bias16: 16 biases (zeros if the
+ * layer has none); nc: channels in the group (the rest of the lanes are
+ * computed on zeros and not stored).  `work` needs cnnrt_dw16_work() floats.
+ */
+#define CNNRT_DW16_BAND_FLOATS 32768
+
+static inline ptrdiff_t cnnrt_dw16_band_rows(ptrdiff_t W, ptrdiff_t kh, ptrdiff_t sh, ptrdiff_t dh,
+                                             ptrdiff_t pl, ptrdiff_t pr, ptrdiff_t H2)
+{
+    /* output rows per band: their input rows fit the band budget (at least one) */
+    const ptrdiff_t row = (W + pl + pr) * 16;
+    const ptrdiff_t in_rows = CNNRT_DW16_BAND_FLOATS / row;
+    ptrdiff_t br = (in_rows - (kh - 1) * dh - 1) / sh + 1;
+    if (br < 1)
+        br = 1;
+    return br < H2 ? br : H2;
+}
+
+static inline ptrdiff_t cnnrt_dw16_work(ptrdiff_t W, ptrdiff_t kh, ptrdiff_t sh, ptrdiff_t dh,
+                                        ptrdiff_t pl, ptrdiff_t pr, ptrdiff_t H2, ptrdiff_t W2)
+{
+    const ptrdiff_t br = cnnrt_dw16_band_rows(W, kh, sh, dh, pl, pr, H2);
+    const ptrdiff_t in_rows = (br - 1) * sh + (kh - 1) * dh + 1;
+    return in_rows * (W + pl + pr) * 16 + br * W2 * 16 + 16;
+}
+
+#ifdef CNNRT_X86
+/* R output positions (R = 8, 4 or 1) of one row from position ox, 16
+ * channels each: R accumulators, taps in (ky, kx) order. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw16_block(const float *rbase, const float *wk16, __m512 bv,
+                                    ptrdiff_t ox, const int R, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Wp,
+                                    int act, float *orow)
+{
+    __m512 acc[8];
+    ptrdiff_t ky, kx;
+    int r;
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+        acc[r] = bv;
+    for (ky = 0; ky < kh; ky++) {
+        const float *rr = rbase + ky * dh * Wp * 16 + ox * sw * 16;
+        for (kx = 0; kx < kw; kx++) {
+            const __m512 wv = _mm512_loadu_ps(wk16 + (ky * kw + kx) * 16);
+            const float *pp = rr + kx * dw * 16;
+#pragma GCC unroll 8
+            for (r = 0; r < R; r++)
+                acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(pp + r * sw * 16), acc[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+        _mm512_storeu_ps(orow + (ox + r) * 16, cnnrt_dw_finish_avx512(acc[r], act));
+}
+
+__attribute__((target("avx512f")))
+static void f32_dwconv_c16__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, const float *wk16,
+                                   const float *bias16, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t kw,
+                                   ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                   ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t pr, ptrdiff_t H2,
+                                   ptrdiff_t W2, int act, float *y, float *work)
+{
+    const ptrdiff_t Wp = W + pl + pr;
+    const ptrdiff_t br = cnnrt_dw16_band_rows(W, kh, sh, dh, pl, pr, H2);
+    const ptrdiff_t HW = H * W, P2 = H2 * W2;
+    float *in = work;
+    float *ob = work + ((br - 1) * sh + (kh - 1) * dh + 1) * Wp * 16;
+    const __m512 bv = _mm512_loadu_ps(bias16);
+    ptrdiff_t oy0, oy1, iy0, iy1, iy, ix0, oy, ox, j, c;
+    for (oy0 = 0; oy0 < H2; oy0 = oy1) {
+        oy1 = oy0 + br < H2 ? oy0 + br : H2;
+        iy0 = oy0 * sh - pt;                          /* first padded input row - pt */
+        iy1 = (oy1 - 1) * sh - pt + (kh - 1) * dh + 1;
+        /* input rows iy0 .. iy1-1 as [row][Wp][16], zeros outside the image */
+        for (iy = iy0; iy < iy1; iy++) {
+            float *row = in + (iy - iy0) * Wp * 16;
+            if (iy < 0 || iy >= H) {
+                memset(row, 0, Wp * 16 * sizeof(float));
+                continue;
+            }
+            memset(row, 0, pl * 16 * sizeof(float));
+            memset(row + (pl + W) * 16, 0, pr * 16 * sizeof(float));
+            for (ix0 = 0; ix0 < W; ix0 += 16) {
+                const ptrdiff_t n = W - ix0 < 16 ? W - ix0 : 16;
+                const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+                __m512 r[16];
+                for (c = 0; c < 16; c++)
+                    r[c] = c < nc ? _mm512_maskz_loadu_ps(m, x + c * HW + iy * W + ix0)
+                                  : _mm512_setzero_ps();
+                cnnrt_transpose16_avx512(r);
+                for (j = 0; j < n; j++)
+                    _mm512_storeu_ps(row + (pl + ix0 + j) * 16, r[j]);
+            }
+        }
+        /* the band's outputs, eight (or four) positions of a row at a time;
+         * the last block of a row ends at its last position and may overlap
+         * the one before (overlapping positions get the same values) */
+        for (oy = oy0; oy < oy1; oy++) {
+            const float *rbase = in + (oy * sh - pt - iy0) * Wp * 16;
+            float *orow = ob + (oy - oy0) * W2 * 16;
+            if (W2 >= 8) {
+                for (ox = 0; ox < W2; ox += 8)
+                    cnnrt_dw16_block(rbase, wk16, bv, ox + 8 <= W2 ? ox : W2 - 8, 8, kh, kw, sw,
+                                     dh, dw, Wp, act, orow);
+            } else if (W2 >= 4) {
+                cnnrt_dw16_block(rbase, wk16, bv, 0, 4, kh, kw, sw, dh, dw, Wp, act, orow);
+                cnnrt_dw16_block(rbase, wk16, bv, W2 - 4, 4, kh, kw, sw, dh, dw, Wp, act, orow);
+            } else {
+                for (ox = 0; ox < W2; ox++)
+                    cnnrt_dw16_block(rbase, wk16, bv, ox, 1, kh, kw, sw, dh, dw, Wp, act, orow);
+            }
+        }
+        /* back to the 16 output planes */
+        for (oy = oy0; oy < oy1; oy++) {
+            const float *orow = ob + (oy - oy0) * W2 * 16;
+            for (ox = 0; ox < W2; ox += 16) {
+                const ptrdiff_t n = W2 - ox < 16 ? W2 - ox : 16;
+                const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+                __m512 r[16];
+                for (j = 0; j < 16; j++)
+                    r[j] = j < n ? _mm512_loadu_ps(orow + (ox + j) * 16) : _mm512_setzero_ps();
+                cnnrt_transpose16_avx512(r);
+                for (c = 0; c < nc; c++) {
+                    float *dst = y + c * P2 + oy * W2 + ox;
+                    _mm512_mask_storeu_ps(dst, m, r[c]);
+                    if (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)
+                        for (j = 0; j < n; j++)
+                            dst[j] = cnnrt_act_scalar(dst[j], act);
+                }
+            }
+        }
+    }
+}
+#endif
+
+typedef void (*cnnrt_dw16_fn)(const float *x, ptrdiff_t H, ptrdiff_t W, const float *wk16,
+                              const float *bias16, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t kw,
+                              ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt,
+                              ptrdiff_t pl, ptrdiff_t pr, ptrdiff_t H2, ptrdiff_t W2, int act,
+                              float *y, float *work);
+
+/* The 16-channel kernel for this ISA, or NULL (then planes one by one). */
+static cnnrt_dw16_fn cnnrt_dw16_select(int isa)
+{
+#ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
+        return f32_dwconv_c16__avx512;
+#endif
+    (void)isa;
+    return NULL;
+}
+
 static cnnrt_dwconv_plane_fn cnnrt_dwconv_plane_select(int isa)
 {
 #ifdef CNNRT_X86

@@ -215,36 +215,6 @@ static void f32_wino4x3_input__avx2(CNNRT_WINO_IN_ARGS)
 __attribute__((target("avx2,fma")))
 static void f32_wino4x3_output__avx2(CNNRT_WINO_OUT_ARGS) { CNNRT_WINO_OUT_BODY }
 
-/* 16x16 transpose: on return r[j] lane i holds what r[i] lane j held. */
-__attribute__((target("avx512f"), always_inline))
-static inline void cnnrt_transpose16_avx512(__m512 r[16])
-{
-    __m512 t[16];
-    int i;
-    for (i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    for (i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
-    }
-}
-
 /* AVX-512: 16 output channels per pass, one lane per channel; the 4x4
  * outputs are then transposed so that each register holds one channel's
  * 4x4 block, stored as four rows of four. */

@@ -148,9 +148,16 @@ def test_winograd_only_with_enough_tiles(h, w, wino):
     dict(c=2, h=14, w=64, kernel=3, pad=(1, 0, 2, 1)),
     dict(c=2, h=9, w=50, kernel=5, pad=2, dil=2),
     dict(c=2, h=6, w=40, kernel=(3, 17), pad=(1, 8, 1, 8)),
+    # channel groups of 16 and a partial group, rows of 8 positions and fewer
+    dict(c=37, h=9, w=11, kernel=5, pad=2),
+    dict(c=17, h=5, w=6, kernel=3, pad=(1, 0, 1, 2)),
+    dict(c=20, h=3, w=3, kernel=3, pad=1),
 ])
 @pytest.mark.parametrize("mult", [1, 2])
-def test_depthwise(isa, stride, case, mult):
+@pytest.mark.parametrize("dw16", [True, False])
+def test_depthwise(isa, monkeypatch, stride, case, mult, dw16):
+    """Plane by plane, and (multiplier 1, AVX-512) 16 channels at a time."""
+    monkeypatch.setattr(model_mod, "USE_DW16", dw16)
     case = dict(case)
     c = case.pop("c")
     graph, w, b, pad = conv_model(c, k=c * mult, groups=c, stride=stride, act="relu", **case)
