@@ -32,9 +32,10 @@ WINOGRAD_MIN_TILES = 8
 USE_DIRECT = os.environ.get("CNNRT_DIRECT", "1").strip() not in ("0", "false", "no", "off")
 DIRECT_MIN_EFFICIENCY = 0.8
 DIRECT_SHARED_WEIGHTS = 1 << 20
-# Depthwise convolutions with one output per input channel run 16 channels
-# at a time on ISAs that have that kernel (AVX-512); False: plane by plane.
-USE_DW16 = True
+# Depthwise convolutions with one output per input channel can run 16
+# channels at a time on ISAs that have that kernel (AVX-512): "auto" where
+# that measured faster than plane by plane (see dw16_wins), "always", "never".
+DEPTHWISE_16 = "auto"
 # 1x1 stride-1 convolutions pack: their taps are whole input planes apart,
 # and packing (with prefetching) streams them better than the micro-kernel.
 DIRECT_POINTWISE = False
@@ -157,6 +158,19 @@ def direct_grid(attrs, C, H, W, H2, W2, groups):
     fields.update(gw=gw, gplane=gplane, gimage=C * gplane + slack if gprep else 0,
                   gprep=gprep, toff=toff.reshape(-1).astype(np.intp))
     return fields
+
+
+def dw16_wins(attrs, W2) -> bool:
+    """Whether a multiplier-1 depthwise layer runs 16 channels at a time.
+
+    Plane by plane, vectors run along output rows, so narrow outputs (up to
+    8 wide) waste most lanes, and wide strided kernels pay a permute per tap;
+    those layers measured faster with the channels in the lanes.  Elsewhere
+    the transposes in and out cost more than they save.
+    """
+    if DEPTHWISE_16 in ("always", "never"):
+        return DEPTHWISE_16 == "always"
+    return W2 <= 8 or (attrs["kernel"][1] >= 5 and attrs["stride"][1] >= 2)
 
 
 def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
@@ -502,7 +516,7 @@ class Model:
                     thread_need = _engine.dwconv_plane_work(
                         a["stride"][0], H, W, d["kw"], d["dw"], d["pt"], d["pl"], d["pb"],
                         d["pr"], H2)
-                if K == C and USE_DW16:
+                if K == C and dw16_wins(a, W2):
                     # 16 channels at a time (used where the ISA has that kernel)
                     kk = d["kh"] * d["kw"]
                     groups16 = -(-K // 16)

@@ -157,7 +157,7 @@ def test_winograd_only_with_enough_tiles(h, w, wino):
 @pytest.mark.parametrize("dw16", [True, False])
 def test_depthwise(isa, monkeypatch, stride, case, mult, dw16):
     """Plane by plane, and (multiplier 1, AVX-512) 16 channels at a time."""
-    monkeypatch.setattr(model_mod, "USE_DW16", dw16)
+    monkeypatch.setattr(model_mod, "DEPTHWISE_16", "always" if dw16 else "never")
     case = dict(case)
     c = case.pop("c")
     graph, w, b, pad = conv_model(c, k=c * mult, groups=c, stride=stride, act="relu", **case)
