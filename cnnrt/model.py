@@ -26,6 +26,7 @@ ALIGN = 16  # floats; keeps every tensor 64-byte aligned for any batch size
 USE_WINOGRAD = os.environ.get("CNNRT_WINOGRAD", "1").strip() not in ("0", "false", "no", "off")
 # Fewest 4x4 output tiles per image for which a layer runs as Winograd.
 WINOGRAD_MIN_TILES = 8
+WINOGRAD_CACHED_BYTES = 2 << 20
 # GEMM convolutions read their input in place (no packing) unless the grid
 # they read wastes more than this share of the work packing would do;
 # CNNRT_DIRECT=0 turns it off (for comparisons, and tests of the packed kernels).
@@ -102,12 +103,16 @@ def winograd_eligible(attrs, C, K, H2, W2) -> bool:
     values per 3x3 filter), all of which every call reads.  With fewer than
     ``WINOGRAD_MIN_TILES`` tiles per image (8: outputs smaller than about
     12x12) it saves few multiplications and the weight traffic dominates, so
-    those layers run direct.
+    those layers run direct, unless they have at least half that many tiles
+    and transformed weights small enough to stay in cache
+    (``WINOGRAD_CACHED_BYTES``).
     """
     tiles = -(-H2 // 4) * -(-W2 // 4)
+    enough = tiles >= WINOGRAD_MIN_TILES or (
+        tiles >= WINOGRAD_MIN_TILES // 2 and 36 * C * K * 4 <= WINOGRAD_CACHED_BYTES)
     return (USE_WINOGRAD and tuple(attrs["kernel"]) == (3, 3)
             and tuple(attrs["stride"]) == (1, 1) and tuple(attrs["dilation"]) == (1, 1)
-            and attrs["groups"] == 1 and C >= 16 and K >= 16 and tiles >= WINOGRAD_MIN_TILES)
+            and attrs["groups"] == 1 and C >= 16 and K >= 16 and enough)
 
 
 def direct_grid(attrs, C, H, W, H2, W2, groups):

@@ -128,10 +128,14 @@ def test_winograd(isa, monkeypatch, c, k, h, w, pad, act):
     assert m._plan_ops == (["winograd3x3"] if k >= 16 else ["conv2d"])
 
 
-@pytest.mark.parametrize("h,w,wino", [(7, 7, False), (8, 8, False), (12, 8, False), (14, 14, True),
-                                      (9, 16, True), (56, 56, True)])
-def test_winograd_only_with_enough_tiles(h, w, wino):
-    graph, wt, b, pad = conv_model(16, h, w, 16, 3, pad=1)
+@pytest.mark.parametrize("c,h,w,wino", [
+    (16, 7, 7, True), (16, 8, 8, True), (16, 12, 8, True), (16, 14, 14, True), (16, 9, 16, True),
+    (16, 4, 4, False), (16, 7, 4, False), (16, 56, 56, True),
+    # 4 to 7 tiles only with transformed weights that stay in cache
+    (128, 8, 8, False), (128, 14, 14, True),
+])
+def test_winograd_only_with_enough_tiles(c, h, w, wino):
+    graph, wt, b, pad = conv_model(c, h, w, 128 if c == 128 else 16, 3, pad=1)
     m = check(graph, wt, b, pad, batch=2)
     assert m._plan_ops == (["winograd3x3"] if wino else ["conv2d"])
 
