@@ -95,6 +95,9 @@ cdef extern from "f32_gemm.h":
     int cnnrt_isa_supported(int isa) noexcept nogil
     int cnnrt_isa_best() noexcept nogil
     cnnrt_gemm_config cnnrt_gemm_select(int isa) noexcept nogil
+    void cnnrt_scatter_tile(const float* tile, size_t mr, float* dst, size_t ldd,
+                            const Py_ssize_t* src, const Py_ssize_t* doff, const Py_ssize_t* len,
+                            size_t nseg) noexcept nogil
     void cnnrt_pack_pointwise(const float* x, size_t HW, size_t q0, size_t kc, size_t p0,
                               size_t nr, size_t nr_full, size_t ahead, float* dst) noexcept nogil
     ctypedef void (*cnnrt_store_t_fn)(const float* tile, size_t mr, size_t nr,
@@ -691,12 +694,10 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
             mr = Kg - m0
             if mr > CNNRT_MR:
                 mr = CNNRT_MR
-            for r in range(mr):
-                tl = (tiles + (tile - tile0) * tile_floats
-                      + ((panel - panel0) * CNNRT_MR + r) * CNNRT_NR)
-                dst = y + (n * s.K + g * Kg + m0 + r) * P
-                for t in range(n_seg):
-                    memcpy(dst + seg_dst[t], tl + seg_src[t], seg_len[t] * sizeof(float))
+            cnnrt_scatter_tile(tiles + (tile - tile0) * tile_floats
+                               + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr,
+                               y + (n * s.K + g * Kg + m0) * P, P, seg_src, seg_dst, seg_len,
+                               n_seg)
 
 
 cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, float* scratch,

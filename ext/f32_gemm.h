@@ -475,6 +475,25 @@ static void cnnrt_pack_pointwise(const float *x, size_t HW, size_t q0, size_t kc
     }
 }
 
+/* Copy rows of an MR x 32 tile out in segments: for each row r < mr and
+ * segment t, len[t] floats from tile[r * 32 + src[t]] to
+ * dst[r * ldd + doff[t]].  (In-place convolutions: a tile of grid positions
+ * covers pieces of several output rows.) */
+static inline void cnnrt_scatter_tile(const float *tile, size_t mr, float *dst, size_t ldd,
+                                      const ptrdiff_t *src, const ptrdiff_t *doff,
+                                      const ptrdiff_t *len, size_t nseg)
+{
+    size_t r, t;
+    ptrdiff_t i;
+    for (r = 0; r < mr; r++)
+        for (t = 0; t < nseg; t++) {
+            const float *a = tile + r * 32 + src[t];
+            float *b = dst + r * ldd + doff[t];
+            for (i = 0; i < len[t]; i++)
+                b[i] = a[i];
+        }
+}
+
 /* ------------------------------------------------- transposed tile store
  *
  * The transposed convolution orientation computes an 8 x NR tile whose rows
