@@ -149,6 +149,14 @@ static inline __m256 cnnrt_act_avx2(__m256 v, int act)
     return v;
 }
 
+/* acc[r] += a[r] * bv for the 8 rows of one step. */
+#define CNNRT_AVX2_STEP8(AK, BV, ACC)                                              \
+    do {                                                                        \
+        int r_;                                                                 \
+        for (r_ = 0; r_ < CNNRT_MR; r_++)                                       \
+            ACC[r_] = _mm256_fmadd_ps(_mm256_broadcast_ss((AK) + r_), BV, ACC[r_]); \
+    } while (0)
+
 /* One 8x8 quarter of an 8x32 tile: B rows are 32 floats apart. */
 __attribute__((target("avx2,fma")))
 static inline void f32_gemm_quarter_8x8__avx2(size_t kc, const float *a, const float *b,
@@ -173,14 +181,7 @@ static inline void f32_gemm_quarter_8x8__avx2(size_t kc, const float *a, const f
     for (k = 0; k < kc; k++) {
         const __m256 bv = _mm256_loadu_ps(b + k * 32);
         const float *ak = a + k * CNNRT_MR;
-        acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 0), bv, acc[0]);
-        acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 1), bv, acc[1]);
-        acc[2] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 2), bv, acc[2]);
-        acc[3] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 3), bv, acc[3]);
-        acc[4] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 4), bv, acc[4]);
-        acc[5] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 5), bv, acc[5]);
-        acc[6] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 6), bv, acc[6]);
-        acc[7] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 7), bv, acc[7]);
+        CNNRT_AVX2_STEP8(ak, bv, acc);
     }
     for (r = 0; r < mr; r++) {
         __m256 v = acc[r];
@@ -228,14 +229,7 @@ static inline void f32_gemm_quarter_8x8_ind__avx2(size_t kc, const float *a, con
         const __m256 bv = nr >= 8 ? _mm256_loadu_ps(b + off[k])
                                   : _mm256_maskload_ps(b + off[k], keep);
         const float *ak = a + k * CNNRT_MR;
-        acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 0), bv, acc[0]);
-        acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 1), bv, acc[1]);
-        acc[2] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 2), bv, acc[2]);
-        acc[3] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 3), bv, acc[3]);
-        acc[4] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 4), bv, acc[4]);
-        acc[5] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 5), bv, acc[5]);
-        acc[6] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 6), bv, acc[6]);
-        acc[7] = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 7), bv, acc[7]);
+        CNNRT_AVX2_STEP8(ak, bv, acc);
     }
     for (r = 0; r < mr; r++) {
         __m256 v = acc[r];
