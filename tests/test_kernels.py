@@ -9,6 +9,8 @@ positions, 128-position blocks, 256-tap blocks, 4x4 Winograd tiles).
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cnnrt
 from cnnrt import _engine
@@ -199,3 +201,41 @@ def test_pool_kernels(isa, op, case):
                       count_include_pad=1 if kind == "avg" else 0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(m.predict(x, threads=1), got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(2, 6), k=st.integers(1, 20), h=st.integers(1, 14), w=st.integers(1, 40),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       dil=st.integers(1, 3), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       groups=st.sampled_from([1, 2]), multi=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_direct_conv_random(c, k, h, w, kh, kw, sh, sw, dil, pads, groups, multi, seed):
+    """The in-place GEMM path on random shapes, strides, dilations and paddings."""
+    pt, pl, pb, pr = pads
+    if ref.out_size(h, kh, sh, pt, pb, dil) < 1 or ref.out_size(w, kw, sw, pl, pr, dil) < 1:
+        return
+    c, k = c * groups, k * groups
+    saved = {name: getattr(model_mod, name) for name in
+             ("USE_WINOGRAD", "USE_DIRECT", "DIRECT_POINTWISE", "DIRECT_MIN_EFFICIENCY",
+              "DIRECT_SHARED_WEIGHTS", "conv_transposed")}
+    try:
+        model_mod.USE_WINOGRAD = False
+        model_mod.USE_DIRECT = model_mod.DIRECT_POINTWISE = True
+        model_mod.DIRECT_MIN_EFFICIENCY = 0.0
+        model_mod.DIRECT_SHARED_WEIGHTS = 0 if multi else 1 << 40
+        model_mod.conv_transposed = lambda p, q: False
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((k, c // groups, kh, kw)).astype(np.float32)
+        b = rng.standard_normal(k).astype(np.float32)
+        graph = Graph([node("conv2d", "conv", ["input"], "output", {"weight": weight, "bias": b},
+                            kernel=(kh, kw), stride=(sh, sw), padding=pads, dilation=(dil, dil),
+                            groups=groups, activation="relu")], input_shape=(c, h, w))
+        m = cnnrt.Model(graph, threads=2)
+        assert m._plan_variants == ["direct"]
+        x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+        got = m.predict(x)
+        want = ref.conv2d(x, weight, b, (kh, kw), (sh, sw), pads, (dil, dil), groups, "relu")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+        assert np.array_equal(m.predict(x, threads=1), got)
+    finally:
+        for name, value in saved.items():
+            setattr(model_mod, name, value)
