@@ -122,9 +122,9 @@ def direct_grid(attrs, C, H, W, H2, W2, groups):
     output positions is one contiguous stretch: the input itself for 1x1
     stride-1 unpadded convolutions (only with ``DIRECT_POINTWISE``), a
     zero-padded copy for other stride-1 ones, and the stride phases
-    otherwise.  Output (oy, ox) is grid position
-    oy * gw + ox, and the grid columns past W2 are computed and dropped, so
-    narrow outputs with wide padding waste work; those are packed instead.
+    otherwise.  Output (oy, ox) is grid position oy * gw + ox, and the grid
+    columns past W2 are computed and dropped, so narrow outputs with wide
+    padding waste work; those are packed instead.
     Returns the step fields (gw, gplane, gimage, gprep, toff and, for
     phases, th and tw).
     """
@@ -548,11 +548,11 @@ class Model:
                 d["w"] = pack_conv_weights_t(w["weight"], g)
                 # per sample: every group's positions packed as A panels
                 need = g * -(-(H2 * W2) // 8) * 8 * (C // g) * d["kh"] * d["kw"]
-            elif direct_grid(a, C, H, W, H2, W2, g) is not None:
+            elif (grid := direct_grid(a, C, H, W, H2, W2, g)) is not None:
                 d["flag"] = 2
                 d["variant"] = "direct"
                 d["w"] = pack_conv_weights(w["weight"], g)
-                d.update(direct_grid(a, C, H, W, H2, W2, g))
+                d.update(grid)
                 need = d["gimage"] if d["gprep"] else 0
                 # weights larger than DIRECT_SHARED_WEIGHTS bytes: each task
                 # applies every weight block it reads to several tiles

@@ -602,9 +602,6 @@ cdef void grid_rows(const Step* s, const float* x, float* grid, Py_ssize_t item,
             memset(row + hi, 0, (s.tw - hi) * sizeof(float))
 
 
-DEF DIRECT_TILES = 4  # grid tiles per task when the weights are re-read from memory
-
-
 cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* tiles,
                            cnnrt_gemm_ukernel_ind ukernel, Py_ssize_t task, Py_ssize_t n_tb,
                            Py_ssize_t tb, Py_ssize_t n_img, Py_ssize_t per_chunk) noexcept nogil:

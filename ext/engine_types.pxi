@@ -53,7 +53,8 @@ ctypedef struct Step:
     Py_ssize_t kh, kw, sh, sw, dh, dw
     Py_ssize_t pt, pl, pb, pr
     Py_ssize_t groups
-    Py_ssize_t outer, axis, inner # softmax / concat view [outer, axis, inner]
+    Py_ssize_t outer, axis, inner # softmax / concat view [outer, axis, inner];
+                                  # conv2d read in place: grid tiles per task
     Py_ssize_t th, tw             # winograd: output tiles down and across
     Py_ssize_t tstride            # floats of private work space per thread
     Py_ssize_t work               # arithmetic per sample (about one unit per multiply-add)
