@@ -33,6 +33,11 @@ DEF MAX_RUNS = 160
 # Activations
 # ==========================================================================
 
+cdef inline Py_ssize_t span(Py_ssize_t left, Py_ssize_t most) noexcept nogil:
+    """How much of a block fits: what is left, at most a full block."""
+    return left if left < most else most
+
+
 cdef inline float activate(float v, int act) noexcept nogil:
     if act == ACT_NONE:
         return v
@@ -340,23 +345,17 @@ cdef void conv_task(const Step* s, const float* x, const float* phases, float* y
         panel1 = n_panels
     q0 = 0
     while q0 < Q:
-        kc = Q - q0
-        if kc > KC:
-            kc = KC
+        kc = span(Q - q0, KC)
         if phases != NULL:
             pack_b_phases(s, phases + (n * s.C + g * Cg) * s.sh * s.sw * s.th * s.tw,
                           pack, q0, kc, p0, width, CNNRT_NR)
         else:
             pack_b_conv(s, xg, pack, q0, kc, p0, width, CNNRT_NR)
         for sub in range(n_sub):
-            nr = width - sub * CNNRT_NR
-            if nr > CNNRT_NR:
-                nr = CNNRT_NR
+            nr = span(width - sub * CNNRT_NR, CNNRT_NR)
             for panel in range(panel0, panel1):
                 m0 = panel * CNNRT_MR
-                mr = Kg - m0
-                if mr > CNNRT_MR:
-                    mr = CNNRT_MR
+                mr = span(Kg - m0, CNNRT_MR)
                 ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, pack + sub * kc * CNNRT_NR,
                         yg + m0 * P + p0 + sub * CNNRT_NR, P, mr, nr,
                         bg + m0 if bg != NULL else NULL, q0 == 0, q0 + kc >= Q, s.act)
@@ -419,9 +418,7 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tiles,
     if nr > CNNRT_NR:
         nr = CNNRT_NR
     while q0 < Q:
-        kc = Q - q0
-        if kc > KC:
-            kc = KC
+        kc = span(Q - q0, KC)
         for pp in range(pp0, pp1):
             ukernel(kc, a + (pp * Q + q0) * CNNRT_MR, wb + q0 * CNNRT_NR,
                     tiles + (pp - pp0) * CNNRT_MR * CNNRT_NR, CNNRT_NR, CNNRT_MR, CNNRT_NR,
@@ -429,9 +426,7 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tiles,
         q0 += kc
     for pp in range(pp0, pp1):
         p0 = pp * CNNRT_MR
-        mr = P - p0
-        if mr > CNNRT_MR:
-            mr = CNNRT_MR
+        mr = span(P - p0, CNNRT_MR)
         store_t(tiles + (pp - pp0) * CNNRT_MR * CNNRT_NR, mr, nr,
                 s.b + k0 if s.b != NULL else NULL, s.act, y + (n * s.K + k0) * P + p0, P)
 
@@ -494,14 +489,10 @@ cdef void shared_gemm_task(const Step* s, const float* bp, float* y, cnnrt_gemm_
         nr = CNNRT_NR
     q0 = 0
     while q0 < Q:
-        kc = Q - q0
-        if kc > KC:
-            kc = KC
+        kc = span(Q - q0, KC)
         for panel in range(panel0, panel1):
             m0 = panel * CNNRT_MR
-            mr = Kg - m0
-            if mr > CNNRT_MR:
-                mr = CNNRT_MR
+            mr = span(Kg - m0, CNNRT_MR)
             ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR,
                     bg + q0 * n_sub * CNNRT_NR + sub * kc * CNNRT_NR,
                     yg + m0 * P, P, mr, nr, bias + m0 if bias != NULL else NULL,
@@ -648,19 +639,13 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
         base = grid + n * s.gimage + g * Cg * s.gplane
     q0 = 0
     while q0 < Q:
-        kc = Q - q0
-        if kc > KC:
-            kc = KC
+        kc = span(Q - q0, KC)
         for panel in range(panel0, panel1):
             m0 = panel * CNNRT_MR
-            mr = Kg - m0
-            if mr > CNNRT_MR:
-                mr = CNNRT_MR
+            mr = span(Kg - m0, CNNRT_MR)
             for tile in range(tile0, tile1):
                 p0 = tile * CNNRT_NR
-                nr = Pg - p0
-                if nr > CNNRT_NR:
-                    nr = CNNRT_NR
+                nr = span(Pg - p0, CNNRT_NR)
                 ukernel(kc, wg + (panel * Q + q0) * CNNRT_MR, base + p0, s.toff + q0,
                         tiles + (tile - tile0) * tile_floats
                         + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr, nr,
@@ -668,9 +653,7 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
         q0 += kc
     for tile in range(tile0, tile1):
         p0 = tile * CNNRT_NR
-        nr = Pg - p0
-        if nr > CNNRT_NR:
-            nr = CNNRT_NR
+        nr = span(Pg - p0, CNNRT_NR)
         # the tile's grid positions that are outputs: runs along output rows
         n_seg = 0
         p = p0
@@ -688,9 +671,7 @@ cdef void conv_direct_task(const Step* s, const float* grid, float* y, float* ti
             p += L
         for panel in range(panel0, panel1):
             m0 = panel * CNNRT_MR
-            mr = Kg - m0
-            if mr > CNNRT_MR:
-                mr = CNNRT_MR
+            mr = span(Kg - m0, CNNRT_MR)
             cnnrt_scatter_tile(tiles + (tile - tile0) * tile_floats
                                + (panel - panel0) * CNNRT_MR * CNNRT_NR, mr,
                                y + (n * s.K + g * Kg + m0) * P, P, seg_src, seg_dst, seg_len,
@@ -863,9 +844,7 @@ cdef void wino_gemm_task(const Step* s, const float* v, float* m, Py_ssize_t NT,
     if nr > CNNRT_NR:
         nr = CNNRT_NR
     while q0 < s.C:
-        kc = s.C - q0
-        if kc > KC:
-            kc = KC
+        kc = span(s.C - q0, KC)
         ukernel(kc, a + q0 * 8, b + q0 * CNNRT_NR, c, s.K, mr, nr, NULL,
                 q0 == 0, q0 + kc >= s.C, ACT_NONE)
         q0 += kc
@@ -1013,9 +992,7 @@ cdef void depthwise2d_f32(const Step* s, const float* x, float* y, float* pack,
         for item in prange(N * n_groups, schedule="static", num_threads=n_threads):
             n = item // n_groups
             g = item % n_groups
-            nc = s.K - g * 16
-            if nc > 16:
-                nc = 16
+            nc = span(s.K - g * 16, 16)
             dw16(x + (n * s.C + g * 16) * s.H * s.W, s.H, s.W, s.w2 + g * 16 * s.kh * s.kw,
                  s.b2 + g * 16, nc, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl, s.pr,
                  s.H2, s.W2, s.act, y + (n * s.K + g * 16) * s.H2 * s.W2,
@@ -1373,9 +1350,7 @@ cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
         n_threads = 1
     for c in prange(n_chunks, schedule="static", num_threads=n_threads):
         lo = c * COPY_CHUNK
-        n = count - lo
-        if n > COPY_CHUNK:
-            n = COPY_CHUNK
+        n = span(count - lo, COPY_CHUNK)
         if dst != NULL:
             memcpy(dst + lo, src + lo, n * sizeof(float))
         if check:

@@ -269,16 +269,49 @@ static inline __m512 cnnrt_act_avx512(__m512 v, int act)
     return v;
 }
 
+/* Lanes of the 16 columns from `first` that lie below nr. */
+static inline __mmask16 cnnrt_cols_mask(size_t nr, size_t first)
+{
+    if (nr >= first + 16)
+        return (__mmask16)0xFFFF;
+    return nr <= first ? (__mmask16)0 : (__mmask16)((1u << (nr - first)) - 1u);
+}
+
+/* Store rows r < mr of an 8x32 tile held as rows[2r], rows[2r+1] (columns
+ * under masks m0, m1; nr columns valid): with `last`, bias and activation
+ * first. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_tile_store_avx512(const __m512 rows[16], size_t mr, size_t nr,
+                                           __mmask16 m0, __mmask16 m1, float *c, size_t ldc,
+                                           const float *bias, int last, int act)
+{
+    size_t r, j;
+    for (r = 0; r < mr; r++) {
+        __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
+        if (last) {
+            if (bias) {
+                const __m512 bv = _mm512_set1_ps(bias[r]);
+                v0 = _mm512_add_ps(v0, bv);
+                v1 = _mm512_add_ps(v1, bv);
+            }
+            v0 = cnnrt_act_avx512(v0, act);
+            v1 = cnnrt_act_avx512(v1, act);
+        }
+        _mm512_mask_storeu_ps(c + r * ldc, m0, v0);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, v1);
+        if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH))
+            for (j = 0; j < nr; j++) c[r * ldc + j] = cnnrt_act_scalar(c[r * ldc + j], act);
+    }
+}
+
 __attribute__((target("avx512f")))
 static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float *b,
                                           float *c, size_t ldc, size_t mr, size_t nr,
                                           const float *bias, int first, int last, int act)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
-    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
-    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF
-                         : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
-    size_t k, r;
+    const __mmask16 m0 = cnnrt_cols_mask(nr, 0), m1 = cnnrt_cols_mask(nr, 16);
+    size_t k;
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
     c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
     if (!first) {
@@ -310,26 +343,9 @@ static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float
         b += 32;
     }
     {
-        __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
-                           c40, c41, c50, c51, c60, c61, c70, c71};
-        for (r = 0; r < mr; r++) {
-            __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
-            if (last) {
-                if (bias) {
-                    const __m512 bv = _mm512_set1_ps(bias[r]);
-                    v0 = _mm512_add_ps(v0, bv);
-                    v1 = _mm512_add_ps(v1, bv);
-                }
-                v0 = cnnrt_act_avx512(v0, act);
-                v1 = cnnrt_act_avx512(v1, act);
-            }
-            _mm512_mask_storeu_ps(c + r * ldc, m0, v0);
-            _mm512_mask_storeu_ps(c + r * ldc + 16, m1, v1);
-            if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)) {
-                size_t j;
-                for (j = 0; j < nr; j++) c[r * ldc + j] = cnnrt_act_scalar(c[r * ldc + j], act);
-            }
-        }
+        const __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
+                                 c40, c41, c50, c51, c60, c61, c70, c71};
+        cnnrt_tile_store_avx512(rows, mr, nr, m0, m1, c, ldc, bias, last, act);
     }
 }
 
@@ -340,10 +356,8 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
                                               int last, int act)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
-    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
-    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF
-                         : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
-    size_t k, r;
+    const __mmask16 m0 = cnnrt_cols_mask(nr, 0), m1 = cnnrt_cols_mask(nr, 16);
+    size_t k;
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
     c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
     if (!first) {
@@ -384,26 +398,11 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
     }
 #undef CNNRT_STEP
     {
-        __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
-                           c40, c41, c50, c51, c60, c61, c70, c71};
-        for (r = 0; r < mr; r++) {
-            __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
-            if (last) {
-                if (bias) {
-                    const __m512 bv = _mm512_set1_ps(bias[r]);
-                    v0 = _mm512_add_ps(v0, bv);
-                    v1 = _mm512_add_ps(v1, bv);
-                }
-                v0 = cnnrt_act_avx512(v0, act);
-                v1 = cnnrt_act_avx512(v1, act);
-            }
-            _mm512_storeu_ps(c + r * 32, v0);
-            _mm512_storeu_ps(c + r * 32 + 16, v1);
-            if (last && (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)) {
-                size_t j;
-                for (j = 0; j < 32; j++) c[r * 32 + j] = cnnrt_act_scalar(c[r * 32 + j], act);
-            }
-        }
+        /* the whole tile is stored: every column, whatever nr */
+        const __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
+                                 c40, c41, c50, c51, c60, c61, c70, c71};
+        cnnrt_tile_store_avx512(rows, mr, 32, (__mmask16)0xFFFF, (__mmask16)0xFFFF, c, 32,
+                                bias, last, act);
     }
 }
 
@@ -512,6 +511,25 @@ static void f32_store_t__scalar(const float *tile, size_t mr, size_t nr, const f
 }
 
 #ifdef CNNRT_X86
+/* 8x8 transpose: on return r[j] lane i holds what r[i] lane j held. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void cnnrt_transpose8_avx2(__m256 r[8])
+{
+    __m256 u[8], t[8];
+    u[0] = _mm256_unpacklo_ps(r[0], r[1]); u[1] = _mm256_unpackhi_ps(r[0], r[1]);
+    u[2] = _mm256_unpacklo_ps(r[2], r[3]); u[3] = _mm256_unpackhi_ps(r[2], r[3]);
+    u[4] = _mm256_unpacklo_ps(r[4], r[5]); u[5] = _mm256_unpackhi_ps(r[4], r[5]);
+    u[6] = _mm256_unpacklo_ps(r[6], r[7]); u[7] = _mm256_unpackhi_ps(r[6], r[7]);
+    t[0] = _mm256_shuffle_ps(u[0], u[2], 0x44); t[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
+    t[2] = _mm256_shuffle_ps(u[1], u[3], 0x44); t[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
+    t[4] = _mm256_shuffle_ps(u[4], u[6], 0x44); t[5] = _mm256_shuffle_ps(u[4], u[6], 0xEE);
+    t[6] = _mm256_shuffle_ps(u[5], u[7], 0x44); t[7] = _mm256_shuffle_ps(u[5], u[7], 0xEE);
+    r[0] = _mm256_permute2f128_ps(t[0], t[4], 0x20); r[1] = _mm256_permute2f128_ps(t[1], t[5], 0x20);
+    r[2] = _mm256_permute2f128_ps(t[2], t[6], 0x20); r[3] = _mm256_permute2f128_ps(t[3], t[7], 0x20);
+    r[4] = _mm256_permute2f128_ps(t[0], t[4], 0x31); r[5] = _mm256_permute2f128_ps(t[1], t[5], 0x31);
+    r[6] = _mm256_permute2f128_ps(t[2], t[6], 0x31); r[7] = _mm256_permute2f128_ps(t[3], t[7], 0x31);
+}
+
 __attribute__((target("avx2,fma")))
 static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const float *bias,
                               int act, float *dst, size_t ldd)
@@ -520,23 +538,11 @@ static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const flo
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)mr), lanes);
     size_t jb, j, r;
     for (jb = 0; jb < nr; jb += 8) {
-        __m256 c[8], t[8], u[8];
+        __m256 c[8];
         const size_t nj = nr - jb < 8 ? nr - jb : 8;
         for (r = 0; r < 8; r++)
-            t[r] = _mm256_loadu_ps(tile + r * CNNRT_NR + jb);
-        /* 8x8 transpose: c[j] = column jb + j of the tile */
-        u[0] = _mm256_unpacklo_ps(t[0], t[1]); u[1] = _mm256_unpackhi_ps(t[0], t[1]);
-        u[2] = _mm256_unpacklo_ps(t[2], t[3]); u[3] = _mm256_unpackhi_ps(t[2], t[3]);
-        u[4] = _mm256_unpacklo_ps(t[4], t[5]); u[5] = _mm256_unpackhi_ps(t[4], t[5]);
-        u[6] = _mm256_unpacklo_ps(t[6], t[7]); u[7] = _mm256_unpackhi_ps(t[6], t[7]);
-        t[0] = _mm256_shuffle_ps(u[0], u[2], 0x44); t[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
-        t[2] = _mm256_shuffle_ps(u[1], u[3], 0x44); t[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
-        t[4] = _mm256_shuffle_ps(u[4], u[6], 0x44); t[5] = _mm256_shuffle_ps(u[4], u[6], 0xEE);
-        t[6] = _mm256_shuffle_ps(u[5], u[7], 0x44); t[7] = _mm256_shuffle_ps(u[5], u[7], 0xEE);
-        c[0] = _mm256_permute2f128_ps(t[0], t[4], 0x20); c[1] = _mm256_permute2f128_ps(t[1], t[5], 0x20);
-        c[2] = _mm256_permute2f128_ps(t[2], t[6], 0x20); c[3] = _mm256_permute2f128_ps(t[3], t[7], 0x20);
-        c[4] = _mm256_permute2f128_ps(t[0], t[4], 0x31); c[5] = _mm256_permute2f128_ps(t[1], t[5], 0x31);
-        c[6] = _mm256_permute2f128_ps(t[2], t[6], 0x31); c[7] = _mm256_permute2f128_ps(t[3], t[7], 0x31);
+            c[r] = _mm256_loadu_ps(tile + r * CNNRT_NR + jb);
+        cnnrt_transpose8_avx2(c); /* c[j] = column jb + j of the tile */
         for (j = 0; j < nj; j++) {
             float *d = dst + (jb + j) * ldd;
             __m256 v = _mm256_add_ps(c[j], _mm256_set1_ps(bias ? bias[jb + j] : 0.0f));

@@ -150,24 +150,6 @@ static void f32_wino4x3_output__scalar(CNNRT_WINO_OUT_ARGS) { CNNRT_WINO_OUT_BOD
  * and combined (B^T over rows); an 8x8 transpose per row of the result puts
  * the 8 tiles of the panel in the lanes, and B^T over columns then yields V
  * rows that are stored whole. */
-__attribute__((target("avx2,fma"), always_inline))
-static inline void cnnrt_transpose8_avx2(__m256 r[8])
-{
-    __m256 u[8], t[8];
-    u[0] = _mm256_unpacklo_ps(r[0], r[1]); u[1] = _mm256_unpackhi_ps(r[0], r[1]);
-    u[2] = _mm256_unpacklo_ps(r[2], r[3]); u[3] = _mm256_unpackhi_ps(r[2], r[3]);
-    u[4] = _mm256_unpacklo_ps(r[4], r[5]); u[5] = _mm256_unpackhi_ps(r[4], r[5]);
-    u[6] = _mm256_unpacklo_ps(r[6], r[7]); u[7] = _mm256_unpackhi_ps(r[6], r[7]);
-    t[0] = _mm256_shuffle_ps(u[0], u[2], 0x44); t[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
-    t[2] = _mm256_shuffle_ps(u[1], u[3], 0x44); t[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
-    t[4] = _mm256_shuffle_ps(u[4], u[6], 0x44); t[5] = _mm256_shuffle_ps(u[4], u[6], 0xEE);
-    t[6] = _mm256_shuffle_ps(u[5], u[7], 0x44); t[7] = _mm256_shuffle_ps(u[5], u[7], 0xEE);
-    r[0] = _mm256_permute2f128_ps(t[0], t[4], 0x20); r[1] = _mm256_permute2f128_ps(t[1], t[5], 0x20);
-    r[2] = _mm256_permute2f128_ps(t[2], t[6], 0x20); r[3] = _mm256_permute2f128_ps(t[3], t[7], 0x20);
-    r[4] = _mm256_permute2f128_ps(t[0], t[4], 0x31); r[5] = _mm256_permute2f128_ps(t[1], t[5], 0x31);
-    r[6] = _mm256_permute2f128_ps(t[2], t[6], 0x31); r[7] = _mm256_permute2f128_ps(t[3], t[7], 0x31);
-}
-
 #define CNNRT_WINO_BT_AVX2(z, w)                                                 \
     do {                                                                        \
         const __m256 c4 = _mm256_set1_ps(4.0f), c5 = _mm256_set1_ps(5.0f);      \
