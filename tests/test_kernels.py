@@ -153,6 +153,9 @@ def test_winograd_only_with_enough_tiles(c, h, w, wino):
     dict(c=3, h=11, w=37, kernel=3, pad=1),
     dict(c=2, h=14, w=64, kernel=3, pad=(1, 0, 2, 1)),
     dict(c=2, h=9, w=50, kernel=5, pad=2, dil=2),
+    # 3x3 and 5x5 taps whose input rows are loaded once per block of rows
+    dict(c=2, h=21, w=45, kernel=5, pad=(2, 1, 2, 3)),
+    dict(c=2, h=19, w=35, kernel=3, pad=(0, 1, 1, 1)),
     dict(c=2, h=6, w=40, kernel=(3, 17), pad=(1, 8, 1, 8)),
     # channel groups of 16 and a partial group, rows of 8 positions and fewer
     dict(c=37, h=9, w=11, kernel=5, pad=2),
