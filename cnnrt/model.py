@@ -169,13 +169,13 @@ def dw16_wins(attrs, W2) -> bool:
     """Whether a multiplier-1 depthwise layer runs 16 channels at a time.
 
     Plane by plane, vectors run along output rows, so narrow outputs (up to
-    8 wide) waste most lanes, and wide strided kernels pay a permute per tap;
-    those layers measured faster with the channels in the lanes.  Elsewhere
-    the transposes in and out cost more than they save.
+    8 wide) waste most lanes; those layers measured faster with the channels
+    in the lanes.  Elsewhere the transposes in and out cost more than they
+    save.
     """
     if DEPTHWISE_16 in ("always", "never"):
         return DEPTHWISE_16 == "always"
-    return W2 <= 8 or (attrs["kernel"][1] >= 5 and attrs["stride"][1] >= 2)
+    return W2 <= 8
 
 
 def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:

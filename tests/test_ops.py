@@ -302,6 +302,28 @@ def test_batches_run_in_chunks(layout):
         _engine.set_batch_chunk_bytes(previous)
 
 
+@pytest.mark.parametrize("shift", [1, 3, 8, 15])
+def test_arena_alignment_does_not_change_results(shift, monkeypatch):
+    """The engine moves its arena to a cache-line boundary itself: an arena
+    at any float offset gives the same bits, and weights are stored aligned."""
+    from cnnrt import _engine
+    arr = _engine.aligned_empty(1000)
+    assert arr.shape == (1000,) and arr.ctypes.data % 64 == 0
+    model = cnnrt.Model(small_cnn(2), threads=2)
+    x = rand(np.random.default_rng(5), 3, *model.input_shape)
+    want = model.predict(x)
+    raw_take = cnnrt.Model._take_arena
+
+    def shifted(self, size):
+        base = raw_take(self, size + shift)
+        return base[shift:] if base.ctypes.data % 64 == 0 else base[:size]
+
+    monkeypatch.setattr(cnnrt.Model, "_take_arena", shifted)
+    model._arenas.clear()
+    for threads in (1, 2):
+        assert np.array_equal(model.predict(x, threads=threads), want)
+
+
 def test_shared_model_many_threads():
     model = cnnrt.Model(small_cnn(2), threads=2)
     rng = np.random.default_rng(11)
