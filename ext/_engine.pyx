@@ -1441,15 +1441,18 @@ cdef inline float* _align(float* p) noexcept nogil:
 
 
 cdef const float* _float_ptr(object arr, list keep) except? NULL:
-    """A 64-byte aligned float32 copy of ``arr``, kept alive in ``keep``."""
+    """``arr`` as flat float32 starting on a 64-byte boundary (copied only if
+    it is not already), kept alive in ``keep``."""
     cdef const float[::1] view
     if arr is None:
         return NULL
-    src = np.asarray(arr, dtype=np.float32).reshape(-1)
-    if src.shape[0] == 0:
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    if flat.shape[0] == 0:
         raise ValueError("empty weight array")
-    flat = aligned_empty(src.shape[0])
-    flat[:] = src
+    if flat.ctypes.data % 64 != 0:
+        src = flat
+        flat = aligned_empty(src.shape[0])
+        flat[:] = src
     keep.append(flat)
     view = flat
     return &view[0]

@@ -305,7 +305,8 @@ def test_batches_run_in_chunks(layout):
 @pytest.mark.parametrize("shift", [1, 3, 8, 15])
 def test_arena_alignment_does_not_change_results(shift, monkeypatch):
     """The engine moves its arena to a cache-line boundary itself: an arena
-    at any float offset gives the same bits, and weights are stored aligned."""
+    at any float offset gives the same bits.  ``aligned_empty``, which holds
+    weights that are not aligned already, starts on a cache line."""
     from cnnrt import _engine
     arr = _engine.aligned_empty(1000)
     assert arr.shape == (1000,) and arr.ctypes.data % 64 == 0
