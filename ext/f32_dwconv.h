@@ -377,61 +377,22 @@ static inline void cnnrt_dw_rows_avx512(const float *plane, ptrdiff_t H, ptrdiff
         cnnrt_dw_store_avx512(acc[r], act, out + r * W2, omask, nvalid);
 }
 
-/* Stride 1, K x K taps (K = 3 or 5), no dilation: R consecutive output rows
- * (R = 8 or 4) of one column block, from row oy.  Each of the R + K - 1 input
- * rows is loaded once, as K vectors shifted by one column, and feeds every
- * output row that reads it; input rows are visited in order, so each
- * accumulator still receives its taps in (ky, kx) order.  `full`: no column
- * of the block leaves the row (no masks). */
+/* Stride S (1 or 2), K x K taps (K = 3 or 5), no dilation: R consecutive
+ * output rows (R = 8 or 4) of one column block, from row oy.  Each of the
+ * S*(R-1) + K input rows gathers its K tap vectors once (columns from
+ * xstart[kx]: shifted by one column at stride 1, the even lanes of 32 at
+ * stride 2) and feeds every output row that reads it; input rows are visited
+ * in order, so each accumulator still receives its taps in (ky, kx) order.
+ * `full`: no column of the block leaves the row (no masks).  w3: the taps
+ * broadcast, when K is 3. */
 __attribute__((target("avx512f"), always_inline))
-static inline void cnnrt_dw_rows_s1_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
-                                           const float *wk, const __m512 *w3, const int K,
-                                           ptrdiff_t pt,
-                                           ptrdiff_t oy, const int R, const int full,
-                                           ptrdiff_t x0, const __mmask16 *m0,
-                                           const float *zrow, __m512 bv, int act, float *out,
-                                           ptrdiff_t W2, __mmask16 omask, ptrdiff_t nvalid)
-{
-    __m512 acc[8];
-    int r, i, ky, kx;
-#pragma GCC unroll 8
-    for (r = 0; r < R; r++)
-        acc[r] = bv;
-#pragma GCC unroll 12
-    for (i = 0; i < R + K - 1; i++) {
-        const ptrdiff_t iy = oy - pt + i;
-        const float *row = (iy >= 0 && iy < H ? plane + iy * W : zrow) + x0;
-        __m512 v[5];
-#pragma GCC unroll 5
-        for (kx = 0; kx < K; kx++)
-            v[kx] = full ? _mm512_loadu_ps(row + kx) : _mm512_maskz_loadu_ps(m0[kx], row + kx);
-#pragma GCC unroll 5
-        for (ky = 0; ky < K; ky++) {
-            r = i - ky;
-            if (r < 0 || r >= R)
-                continue;
-#pragma GCC unroll 5
-            for (kx = 0; kx < K; kx++)
-                acc[r] = _mm512_fmadd_ps(K == 3 ? w3[ky * 3 + kx] : _mm512_set1_ps(wk[ky * K + kx]),
-                                         v[kx], acc[r]);
-        }
-    }
-#pragma GCC unroll 8
-    for (r = 0; r < R; r++)
-        cnnrt_dw_store_avx512(acc[r], act, out + r * W2, omask, nvalid);
-}
-
-/* Stride 2, K x K taps (K = 3 or 5), no dilation: as cnnrt_dw_rows_s1_avx512,
- * each of the 2R + K - 2 input rows gathers its K tap vectors (the even
- * columns from column xstart[kx]) once, for the output rows that read it. */
-__attribute__((target("avx512f"), always_inline))
-static inline void cnnrt_dw_rows_s2_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
-                                           const float *wk, const __m512 *w3, const int K,
-                                           ptrdiff_t pt, ptrdiff_t oy, const int R,
-                                           const int full, const ptrdiff_t *xstart,
-                                           const __mmask16 *m0, const __mmask16 *m1,
-                                           const float *zrow, __m512 bv, int act, float *out,
-                                           ptrdiff_t W2, __mmask16 omask, ptrdiff_t nvalid)
+static inline void cnnrt_dw_rows_k_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W,
+                                          const float *wk, const __m512 *w3, const int K,
+                                          const ptrdiff_t S, ptrdiff_t pt, ptrdiff_t oy,
+                                          const int R, const int full, const ptrdiff_t *xstart,
+                                          const __mmask16 *m0, const __mmask16 *m1,
+                                          const float *zrow, __m512 bv, int act, float *out,
+                                          ptrdiff_t W2, __mmask16 omask, ptrdiff_t nvalid)
 {
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __m512 acc[8];
@@ -440,21 +401,24 @@ static inline void cnnrt_dw_rows_s2_avx512(const float *plane, ptrdiff_t H, ptrd
     for (r = 0; r < R; r++)
         acc[r] = bv;
 #pragma GCC unroll 20
-    for (i = 0; i < 2 * R + K - 2; i++) {
-        const ptrdiff_t iy = 2 * oy - pt + i;
+    for (i = 0; i < S * (R - 1) + K; i++) {
+        const ptrdiff_t iy = S * oy - pt + i;
         const float *row = iy >= 0 && iy < H ? plane + iy * W : zrow;
         __m512 v[5];
 #pragma GCC unroll 5
         for (kx = 0; kx < K; kx++) {
             const float *q = row + xstart[kx];
-            v[kx] = full ? _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16))
-                         : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0[kx], q), even,
-                                                  _mm512_maskz_loadu_ps(m1[kx], q + 16));
+            if (S == 1)
+                v[kx] = full ? _mm512_loadu_ps(q) : _mm512_maskz_loadu_ps(m0[kx], q);
+            else
+                v[kx] = full ? _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16))
+                             : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0[kx], q), even,
+                                                      _mm512_maskz_loadu_ps(m1[kx], q + 16));
         }
 #pragma GCC unroll 5
         for (ky = 0; ky < K; ky++) {
-            r = (i - ky) / 2;
-            if (i < ky || (i - ky) % 2 != 0 || r >= R)
+            r = (i - ky) / (int)S;
+            if (i < ky || (i - ky) % (int)S != 0 || r >= R)
                 continue;
 #pragma GCC unroll 5
             for (kx = 0; kx < K; kx++)
@@ -494,7 +458,6 @@ static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdif
         const ptrdiff_t R = H2 >= 8 ? 8 : H2 >= 4 ? 4 : 1;
         /* 3x3 and 5x5 taps: each input row loaded once per block */
         const int rows_k = dh == 1 && dw == 1 && kh == kw && (kw == 3 || kw == 5);
-        const int rows_s1 = rows_k && s == 1, rows_s2 = rows_k && s == 2;
         __m512 w3[9];
         for (kx = 0; kx < 9; kx++)
             w3[kx] = _mm512_set1_ps(kh == 3 && kw == 3 ? wk[kx] : 0.0f);
@@ -519,46 +482,26 @@ static inline void cnnrt_dw_plane_avx512(const float *plane, ptrdiff_t H, ptrdif
                 }
                 /* every tap of this column block reads full vectors inside the row */
                 cols_in = nvalid == 16 && xstart[0] >= 0 && xstart[kw - 1] + 16 * s <= W;
-                if (rows_s2 && R >= 4) {
-#define CNNRT_DW_S2(K_, R_)                                                             \
+                if (rows_k && R >= 4) {
+#define CNNRT_DW_K(K_, R_)                                                              \
                     if (cols_in)                                                            \
-                        cnnrt_dw_rows_s2_avx512(plane, H, W, wk, w3, K_, pt, o, R_, 1, xstart, \
-                                                m0, m1, zrow, bv, act, out + o * W2 + ox0,  \
-                                                W2, omask, nvalid);                         \
+                        cnnrt_dw_rows_k_avx512(plane, H, W, wk, w3, K_, s, pt, o, R_, 1,    \
+                                               xstart, m0, m1, zrow, bv, act,               \
+                                               out + o * W2 + ox0, W2, omask, nvalid);      \
                     else                                                                    \
-                        cnnrt_dw_rows_s2_avx512(plane, H, W, wk, w3, K_, pt, o, R_, 0, xstart, \
-                                                m0, m1, zrow, bv, act, out + o * W2 + ox0,  \
-                                                W2, omask, nvalid);
+                        cnnrt_dw_rows_k_avx512(plane, H, W, wk, w3, K_, s, pt, o, R_, 0,    \
+                                               xstart, m0, m1, zrow, bv, act,               \
+                                               out + o * W2 + ox0, W2, omask, nvalid);
                     if (kw == 3 && R == 8) {
-                        CNNRT_DW_S2(3, 8)
+                        CNNRT_DW_K(3, 8)
                     } else if (kw == 3) {
-                        CNNRT_DW_S2(3, 4)
+                        CNNRT_DW_K(3, 4)
                     } else if (R == 8) {
-                        CNNRT_DW_S2(5, 8)
+                        CNNRT_DW_K(5, 8)
                     } else {
-                        CNNRT_DW_S2(5, 4)
+                        CNNRT_DW_K(5, 4)
                     }
-#undef CNNRT_DW_S2
-                } else if (rows_s1 && R >= 4) {
-#define CNNRT_DW_S1(K_, R_)                                                             \
-                    if (cols_in)                                                            \
-                        cnnrt_dw_rows_s1_avx512(plane, H, W, wk, w3, K_, pt, o, R_, 1, xstart[0], \
-                                                m0, zrow, bv, act, out + o * W2 + ox0, W2,  \
-                                                omask, nvalid);                             \
-                    else                                                                    \
-                        cnnrt_dw_rows_s1_avx512(plane, H, W, wk, w3, K_, pt, o, R_, 0, xstart[0], \
-                                                m0, zrow, bv, act, out + o * W2 + ox0, W2,  \
-                                                omask, nvalid);
-                    if (kw == 3 && R == 8) {
-                        CNNRT_DW_S1(3, 8)
-                    } else if (kw == 3) {
-                        CNNRT_DW_S1(3, 4)
-                    } else if (R == 8) {
-                        CNNRT_DW_S1(5, 8)
-                    } else {
-                        CNNRT_DW_S1(5, 4)
-                    }
-#undef CNNRT_DW_S1
+#undef CNNRT_DW_K
                 } else if (R == 8) {
                     cnnrt_dw_rows_avx512(plane, H, W, wk, kh, kw, s, dh, pt, o, 8, cols_in,
                                          xstart, m0, m1, zrow, bv, act, out + o * W2 + ox0, W2,
