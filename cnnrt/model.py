@@ -45,6 +45,12 @@ DIRECT_POINTWISE = False
 # input of one image is at most SHARED_PACK_FLOATS.
 SHARED_PACK_POSITIONS = 1024
 SHARED_PACK_FLOATS = 1 << 20
+# The last layers of a graph run on the whole batch at once (see
+# Model._tail_start) where that saves re-reading at least this many bytes of
+# weights per sample beyond the activations it keeps out of cache; their
+# chunks of samples are up to this many times the size of the others'.
+TAIL_MIN_GAIN = 1 << 18
+TAIL_CHUNK_FACTOR = 16
 
 if os.environ.get("CNNRT_ISA"):
     _engine.set_isa(os.environ["CNNRT_ISA"].strip().lower())
@@ -418,49 +424,132 @@ class Model:
 
     def _build(self):
         g = self.graph
-        shapes = self._shapes
         fused = self._fuse()
         nodes = [node for node, _ in fused]
+        # each node's kernel step (offsets are filled in by _layout)
+        described = [None if node.op == "flatten" else self._step(node, [], -1)
+                     for node in nodes]
+        split, boundary = self._tail_start(nodes, described)
+        head = self._layout(fused[:split], described[:split], g.inputs[0], boundary)
+        steps, self._step_nodes = head["steps"], head["names"]
+        thread = head["thread"]
+        out_off, tail = head["out_off"], None
+        if split < len(nodes):
+            t = self._layout(fused[split:], described[split:], boundary, g.outputs[0])
+            steps = steps + t["steps"]
+            self._step_nodes = self._step_nodes + t["names"]
+            thread = max(thread, t["thread"])
+            out_off = t["out_off"]
+            tail = (len(head["steps"]), head["out_off"], prod(self._shapes[boundary]),
+                    t["sample"], t["scratch"], t["in_off"], TAIL_CHUNK_FACTOR)
+        # the nodes that run on whole batches (see _tail_start)
+        self._tail_nodes = [name for _, names in fused[split:] for name in names]
+        self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
+        self._plan_variants = [step.get("variant") for step in steps]
+        self._plan = _engine.Plan(
+            steps,
+            head["sample"],
+            head["scratch"],
+            head["in_off"],
+            tuple(g.input_shape),
+            g.input_layout == "NHWC",
+            out_off,
+            prod(self._shapes[g.outputs[0]]),
+            thread,
+            tail,
+        )
+
+    def _tail_start(self, nodes, described):
+        """Where the batched tail of the graph starts: (node index, its input tensor).
+
+        A batch runs chunk by chunk, a few samples per thread, so that each
+        layer's output is still in cache for the next one; every chunk then
+        reads every layer's weights again.  Near the end of most CNNs the
+        weights outweigh the activations (a classifier's dense layer reads
+        megabytes of weights for a few kilobytes of features), and those
+        layers run once on the whole batch (in chunks of up to
+        TAIL_CHUNK_FACTOR times the chunk size) instead.  The tail starts
+        where exactly one tensor crosses into it and where the weights it
+        saves re-reading most exceed the activations (and scratch) it keeps
+        out of cache; (len(nodes), output) when no such place gains.
+        """
+        g = self.graph
+        shapes = self._shapes
+        n = len(nodes)
+        producer = {g.inputs[0]: -1}
+        for i, node in enumerate(nodes):
+            producer[node.outputs[0]] = i
+        gain = [0] * n
+        for i, (node, desc) in enumerate(zip(nodes, described)):
+            if desc is None:
+                continue
+            d, need = desc[0], desc[1]
+            weights = sum(d[k].nbytes for k in ("w", "w2") if d.get(k) is not None)
+            acts = sum(prod(shapes[t]) for t in node.inputs) + prod(shapes[node.outputs[0]])
+            gain[i] = weights - 4 * (acts + need)
+        best, best_gain = n, TAIL_MIN_GAIN
+        for s in range(1, n):
+            if all(d is None for d in described[:s]) or all(d is None for d in described[s:]):
+                continue  # a head or tail without steps
+            crossing = {t for node in nodes[s:] for t in node.inputs if producer[t] < s}
+            if len(crossing) != 1:
+                continue
+            total = sum(gain[s:])
+            if total > best_gain:
+                best, best_gain = s, total
+        if best == n:
+            return n, g.outputs[0]
+        return best, next(t for node in nodes[best:] for t in node.inputs if producer[t] < best)
+
+    def _layout(self, fused, described, inp, out):
+        """Memory plan of a run of nodes reading tensor ``inp`` and producing ``out``.
+
+        Returns their steps (offsets filled in), the node names of each step,
+        the arena floats per sample, the work space per sample and per
+        thread, and the offsets of ``inp`` and ``out``.
+        """
+        shapes = self._shapes
+        nodes = [node for node, _ in fused]
         n_nodes = len(nodes)
-        last_use: Dict[str, int] = {g.inputs[0]: -1}
+        last_use: Dict[str, int] = {inp: -1}
         for i, node in enumerate(nodes):
             last_use.setdefault(node.outputs[0], i)
             for t in node.inputs:
                 last_use[t] = i
-        last_use[g.outputs[0]] = n_nodes
+        last_use[out] = n_nodes
 
         storage: Dict[str, _Storage] = {}
         arena = _Arena()
-        inp = g.inputs[0]
         storage[inp] = _Storage(prod(shapes[inp]), last_use[inp])
         storage[inp].offset = in_off = arena.alloc(storage[inp].size)
 
         steps = []
-        self._step_nodes = []  # for each step, the names of the nodes it runs
+        names = []  # for each step, the names of the nodes it runs
         scratch = 0
         thread_scratch = 0
         for i, node in enumerate(nodes):
-            out = node.outputs[0]
+            t_out = node.outputs[0]
             src = storage[node.inputs[0]]
             first_dies = src.last == i and node.inputs.count(node.inputs[0]) == 1
             if node.op == "flatten" or (node.op in _IN_PLACE and first_dies):
                 # write over the input: same storage, lifetime extended
-                src.last = max(src.last, last_use[out])
-                storage[out] = src
+                src.last = max(src.last, last_use[t_out])
+                storage[t_out] = src
             else:
-                st = _Storage(prod(shapes[out]), last_use[out])
+                st = _Storage(prod(shapes[t_out]), last_use[t_out])
                 st.offset = arena.alloc(st.size)
-                storage[out] = st
+                storage[t_out] = st
             if node.op != "flatten":
-                step, need, thread_need = self._step(
-                    node, [storage[t].offset for t in node.inputs], storage[out].offset)
+                step, need, thread_need = described[i]
+                step = dict(step, in_off=[storage[t].offset for t in node.inputs],
+                            out_off=storage[t_out].offset)
                 steps.append(step)
-                self._step_nodes.append(fused[i][1])
+                names.append(fused[i][1])
                 scratch = max(scratch, need)
                 thread_scratch = max(thread_scratch, thread_need)
             # release storages whose last reader was this node
             seen = set()
-            for t in node.inputs + [out]:
+            for t in node.inputs + [t_out]:
                 st = storage[t]
                 if id(st) in seen:
                     continue
@@ -468,21 +557,9 @@ class Model:
                 if st.last <= i and st.offset >= 0:
                     arena.release(st.offset, st.size)
                     st.offset = -2  # released; offsets already recorded in steps
-
-        out_name = g.outputs[0]
-        self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
-        self._plan_variants = [step.get("variant") for step in steps]
-        self._plan = _engine.Plan(
-            steps,
-            arena.end,
-            scratch,
-            in_off,
-            tuple(g.input_shape),
-            g.input_layout == "NHWC",
-            storage[out_name].offset,
-            prod(shapes[out_name]),
-            thread_scratch,
-        )
+        scratch = -(-scratch // ALIGN) * ALIGN  # what follows stays on cache lines
+        return {"steps": steps, "names": names, "sample": arena.end, "scratch": scratch,
+                "thread": thread_scratch, "in_off": in_off, "out_off": storage[out].offset}
 
     def _step(self, node, in_offs, out_off):
         """Describe one node as a kernel step; returns (step dict, scratch floats)."""

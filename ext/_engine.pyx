@@ -1474,6 +1474,14 @@ cdef class Plan:
     cdef Py_ssize_t in_off, out_off, out_size
     cdef Py_ssize_t C, H, W
     cdef bint nhwc
+    # The head (steps before n_head) runs chunk by chunk and leaves its output
+    # (b_size floats per sample at out_off); the tail (steps from n_head) runs
+    # on larger chunks in its own part of the arena, reading that output at
+    # t_in_off and leaving the result at t_out_off.  Without a tail, n_head is
+    # n_steps and the head's output is the result.
+    cdef Py_ssize_t n_head, b_size
+    cdef readonly Py_ssize_t tail_sample_size, tail_scratch_size
+    cdef Py_ssize_t t_in_off, t_out_off, t_factor
 
     def __cinit__(self):
         self.steps = NULL
@@ -1481,7 +1489,12 @@ cdef class Plan:
 
     def __init__(self, list steps, Py_ssize_t sample_size, Py_ssize_t scratch_size,
                  Py_ssize_t in_off, tuple input_chw, bint nhwc,
-                 Py_ssize_t out_off, Py_ssize_t out_size, Py_ssize_t thread_size=0):
+                 Py_ssize_t out_off, Py_ssize_t out_size, Py_ssize_t thread_size=0,
+                 tuple tail=None):
+        """``tail``: None, or (index of the tail's first step, offset and size
+        per sample of the head's output, the tail's arena and work floats per
+        sample, the offset of its input, chunk factor); ``out_off`` is then in
+        the tail's arena."""
         cdef Py_ssize_t i, k
         cdef Step* s
         cdef const Py_ssize_t[::1] offs
@@ -1495,6 +1508,17 @@ cdef class Plan:
         self.nhwc = nhwc
         self.out_off = out_off
         self.out_size = out_size
+        self.n_head = len(steps)
+        self.b_size = out_size
+        self.tail_sample_size = self.tail_scratch_size = 0
+        self.t_in_off = self.t_out_off = 0
+        self.t_factor = 1
+        if tail is not None:
+            (self.n_head, self.out_off, self.b_size, self.tail_sample_size,
+             self.tail_scratch_size, self.t_in_off, self.t_factor) = tail
+            self.t_out_off = out_off
+            if not 0 < self.n_head < len(steps) or self.t_factor < 1:
+                raise ValueError("bad tail")
         self.steps = <Step*> calloc(max(1, len(steps)), sizeof(Step))
         if self.steps == NULL:
             raise MemoryError()
@@ -1535,7 +1559,7 @@ cdef class Plan:
         free(self.steps)
 
     cdef Py_ssize_t _chunk(self, Py_ssize_t n, int n_threads) noexcept nogil:
-        """Samples run together: a few per thread, all of a small batch."""
+        """Samples the head runs together: a few per thread, all of a small batch."""
         cdef Py_ssize_t per = (self.sample_size + self.scratch_size) * sizeof(float)
         cdef Py_ssize_t k = _batch_chunk_bytes // per if per > 0 else n
         if k < 1:
@@ -1543,9 +1567,26 @@ cdef class Plan:
         k *= n_threads
         return n if k >= n else k
 
+    cdef Py_ssize_t _tail_chunk(self, Py_ssize_t n, int n_threads) noexcept nogil:
+        """Samples the tail runs together: t_factor times as many bytes as a
+        head chunk, and at least as many samples."""
+        cdef Py_ssize_t per = (self.tail_sample_size + self.tail_scratch_size) * sizeof(float)
+        cdef Py_ssize_t k = n
+        if self.n_head == self.n_steps:
+            return 0
+        if per > 0:
+            k = _batch_chunk_bytes * self.t_factor // per
+            if k < 1:
+                k = 1
+            k *= n_threads
+        if k < self._chunk(n, n_threads):
+            k = self._chunk(n, n_threads)
+        return n if k >= n else k
+
     def arena_size(self, Py_ssize_t n, int n_threads):
         """Floats of arena needed for a batch of ``n`` run with ``n_threads``."""
         return ((self.sample_size + self.scratch_size) * self._chunk(n, n_threads)
+                + (self.tail_sample_size + self.tail_scratch_size) * self._tail_chunk(n, n_threads)
                 + n_threads * self.thread_size + ALIGN_FLOATS)
 
     def run(self, const float[::1] x, float[::1] arena, float[::1] out,
@@ -1574,36 +1615,63 @@ cdef class Plan:
     cdef Py_ssize_t _run(self, const float* xp, float* a, float* op, Py_ssize_t n,
                          int n_threads, double* seconds) noexcept nogil:
         """Check the input, then run the batch chunk by chunk; returns the
-        number of non-finite input values (then nothing is run)."""
+        number of non-finite input values (then nothing is run).
+
+        Arena: the head's chunk (tensors, then work space), the tail's chunk,
+        then each thread's private space."""
         cdef Py_ssize_t size = self.C * self.H * self.W
         cdef Py_ssize_t nb = self._chunk(n, n_threads)
-        cdef Py_ssize_t i = 0, m
+        cdef Py_ssize_t nt = self._tail_chunk(n, n_threads)
+        cdef float* ta = a + (self.sample_size + self.scratch_size) * nb
+        cdef float* pack = ta + (self.tail_sample_size + self.tail_scratch_size) * nt
+        cdef bint has_tail = self.n_head < self.n_steps
+        cdef Py_ssize_t i = 0, j, m, mt
         cdef Py_ssize_t bad
         cdef float* x0
+        if not has_tail:
+            nt = nb
         if self.nhwc or nb < n:
             bad = copy_input(xp, NULL, n * size, n_threads, True)
             if bad:
                 return bad
         while i < n:
-            m = n - i if n - i < nb else nb
-            x0 = a + self.in_off * m
-            if self.nhwc:
-                nhwc_to_nchw(xp + i * size, x0, m, self.C, self.H, self.W, n_threads)
-            elif nb < n:
-                copy_input(xp + i * size, x0, m * size, n_threads, False)
-            else:  # the whole batch at once: copy and check in one pass
-                bad = copy_input(xp, x0, n * size, n_threads, True)
-                if bad:
-                    return bad
-            if seconds != NULL:
-                run_steps_timed(self.steps, self.n_steps, a, a + self.sample_size * m,
-                                a + (self.sample_size + self.scratch_size) * m, m, n_threads,
-                                seconds)
-            else:
-                run_steps(self.steps, self.n_steps, a, a + self.sample_size * m,
-                          a + (self.sample_size + self.scratch_size) * m, m, n_threads)
-            memcpy(op + i * self.out_size, a + self.out_off * m, m * self.out_size * sizeof(float))
-            i += m
+            mt = n - i if n - i < nt else nt
+            j = 0
+            while j < mt:
+                m = mt - j if mt - j < nb else nb
+                x0 = a + self.in_off * m
+                if self.nhwc:
+                    nhwc_to_nchw(xp + (i + j) * size, x0, m, self.C, self.H, self.W, n_threads)
+                elif nb < n:
+                    copy_input(xp + (i + j) * size, x0, m * size, n_threads, False)
+                else:  # the whole batch at once: copy and check in one pass
+                    bad = copy_input(xp, x0, n * size, n_threads, True)
+                    if bad:
+                        return bad
+                if seconds != NULL:
+                    run_steps_timed(self.steps, self.n_head, a, a + self.sample_size * m,
+                                    pack, m, n_threads, seconds)
+                else:
+                    run_steps(self.steps, self.n_head, a, a + self.sample_size * m,
+                              pack, m, n_threads)
+                if has_tail:
+                    memcpy(ta + self.t_in_off * mt + j * self.b_size, a + self.out_off * m,
+                           m * self.b_size * sizeof(float))
+                else:
+                    memcpy(op + (i + j) * self.out_size, a + self.out_off * m,
+                           m * self.out_size * sizeof(float))
+                j += m
+            if has_tail:
+                if seconds != NULL:
+                    run_steps_timed(self.steps + self.n_head, self.n_steps - self.n_head, ta,
+                                    ta + self.tail_sample_size * mt, pack, mt, n_threads,
+                                    seconds + self.n_head)
+                else:
+                    run_steps(self.steps + self.n_head, self.n_steps - self.n_head, ta,
+                              ta + self.tail_sample_size * mt, pack, mt, n_threads)
+                memcpy(op + i * self.out_size, ta + self.t_out_off * mt,
+                       mt * self.out_size * sizeof(float))
+            i += mt
         return 0
 
     def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,

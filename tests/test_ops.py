@@ -302,6 +302,87 @@ def test_batches_run_in_chunks(layout):
         _engine.set_batch_chunk_bytes(previous)
 
 
+def heavy_tail_cnn(seed=0, residual=False):
+    """Convolutions on a 20x20 map, then layers whose weights outweigh their
+    activations: a 1x1 convolution on 5x5 and a large dense layer (and, with
+    ``residual``, a skip connection around the 1x1 convolution)."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        node("conv2d", "conv1", ["input"], "c1", {"weight": rand(rng, 16, 3, 3, 3)}, kernel=(3, 3),
+             stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1, activation="relu"),
+        node("maxpool2d", "pool1", ["c1"], "p1", kernel=(4, 4), stride=(4, 4), padding=(0, 0, 0, 0)),
+        node("conv2d", "conv2", ["p1"], "c2", {"weight": rand(rng, 64, 16, 3, 3, scale=0.2)},
+             kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
+             activation="relu"),
+        node("conv2d", "conv3", ["c2"], "c3", {"weight": rand(rng, 64, 64, 1, 1, scale=0.2),
+                                               "bias": rand(rng, 64)},
+             kernel=(1, 1), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
+             activation="none"),
+    ]
+    last = "c3"
+    if residual:
+        nodes.append(node("add", "skip", ["c3", "c2"], "s"))
+        last = "s"
+    nodes += [
+        node("flatten", "flat", [last], "f"),
+        node("dense", "fc1", ["f"], "h", {"weight": rand(rng, 300, 64 * 25, scale=0.05),
+                                         "bias": rand(rng, 300)}, activation="relu"),
+        node("dense", "fc2", ["h"], "output", {"weight": rand(rng, 10, 300)}, activation="none"),
+    ]
+    return Graph(nodes, input_shape=(3, 20, 20))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_heavy_tail_runs_on_whole_batches(residual):
+    """Layers whose weights outweigh their activations run once on the whole
+    batch while the rest runs in chunks: the same bits as sample by sample and
+    for any chunk size and thread count, and the float64 reference's values."""
+    from cnnrt import _engine
+    graph = heavy_tail_cnn(residual=residual)
+    model = cnnrt.Model(graph, threads=2)
+    tail = model._tail_nodes
+    assert tail[-3:] == ["flat", "fc1", "fc2"]
+    # one tensor crosses into the tail: it cannot start between the two
+    # readers of the skip connection's input
+    assert tail[0] != "skip"
+    assert [r["name"] for r in model.profile(rand(np.random.default_rng(0), 2, 3, 20, 20))]
+    x = rand(np.random.default_rng(12), 11, 3, 20, 20)
+    got = model.predict(x)
+    assert_close(got, ref.run_graph(graph, x))
+    for i in range(11):
+        assert np.array_equal(model.predict(x[i:i + 1])[0], got[i])
+    previous = _engine.set_batch_chunk_bytes(1)  # head: one sample per thread per chunk
+    try:
+        for threads in (1, 2, 3):
+            assert np.array_equal(model.predict(x, threads=threads), got)
+        bad = x.copy()
+        bad[9].flat[7] = np.inf
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model.predict(bad)
+        # tail chunks of 4 samples (2 per thread), head chunks of 2 within them
+        plan = model._plan
+        tail_bytes = 4 * (plan.tail_sample_size + plan.tail_scratch_size)
+        _engine.set_batch_chunk_bytes(2 * tail_bytes // cnnrt.model.TAIL_CHUNK_FACTOR)
+        assert plan.arena_size(11, 2) - plan.arena_size(4, 2) == 0
+        assert plan.arena_size(4, 2) > plan.arena_size(2, 2)
+        assert np.array_equal(model.predict(x, threads=2), got)
+    finally:
+        _engine.set_batch_chunk_bytes(previous)
+    # without a tail: the same bits
+    saved = cnnrt.model.TAIL_MIN_GAIN
+    cnnrt.model.TAIL_MIN_GAIN = 1 << 62
+    try:
+        plain = cnnrt.Model(graph, threads=2)
+    finally:
+        cnnrt.model.TAIL_MIN_GAIN = saved
+    assert plain._tail_nodes == []
+    assert np.array_equal(plain.predict(x), got)
+
+
+def test_no_tail_when_weights_are_light():
+    assert cnnrt.Model(small_cnn(0))._tail_nodes == []
+
+
 @pytest.mark.parametrize("shift", [1, 3, 8, 15])
 def test_arena_alignment_does_not_change_results(shift, monkeypatch):
     """The engine moves its arena to a cache-line boundary itself: an arena
