@@ -45,6 +45,11 @@ DIRECT_POINTWISE = False
 # input of one image is at most SHARED_PACK_FLOATS.
 SHARED_PACK_POSITIONS = 1024
 SHARED_PACK_FLOATS = 1 << 20
+# Convolutions with vectors along output channels (see rows_wins):
+# "auto", "always" (every one-group convolution that is not Winograd) or
+# "never"; ROWS_TILE_FLOATS of private space per thread hold a task's tiles.
+CONV_ROWS = "auto"
+ROWS_TILE_FLOATS = 16 * 8 * 32
 # The last layers of a graph run on the whole batch at once (see
 # Model._tail_start) where that saves re-reading at least this many bytes of
 # weights per sample beyond the activations it keeps out of cache; their
@@ -169,6 +174,55 @@ def direct_grid(attrs, C, H, W, H2, W2, groups):
     fields.update(gw=gw, gplane=gplane, gimage=C * gplane + slack if gprep else 0,
                   gprep=gprep, toff=toff.reshape(-1).astype(np.intp))
     return fields
+
+
+def rows_input(attrs, C, H, W):
+    """How a convolution with vectors along output channels reads its input.
+
+    Tap q = (c, ky, kx) of output (oy, ox) is the input element at
+    oy * sh * gw + ox * sw + toff[q] of the input itself (no padding,
+    gprep 0) or of its zero-padded copy (gprep 1), planes gplane apart.
+    """
+    kh, kw = attrs["kernel"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    pt, pl, pb, pr = attrs["padding"]
+    gw, hp = W + pl + pr, H + pt + pb
+    gprep = 0 if (pt, pl, pb, pr) == (0, 0, 0, 0) else 1
+    c = np.arange(C).reshape(-1, 1, 1)
+    ky = np.arange(kh).reshape(1, -1, 1) * dh
+    kx = np.arange(kw).reshape(1, 1, -1) * dw
+    toff = (c * hp * gw + ky * gw + kx).reshape(-1).astype(np.intp)
+    return {"gw": gw, "gplane": hp * gw, "gimage": C * hp * gw if gprep else 0,
+            "gprep": gprep, "toff": toff}
+
+
+def rows_wins(attrs, C, K, H2, W2) -> bool:
+    """Whether a one-group convolution runs with vectors along output channels.
+
+    Forced by CONV_ROWS ("always", "never").  Otherwise by how well each
+    orientation fills its tiles: runs of 8 positions along output rows by NR
+    channels, against NR positions by MR channels.  A strided convolution
+    otherwise reads its input as stride phases or packs it tap by tap, and
+    measured faster this way even at a somewhat lower fill; a stride-1 one
+    needs a better fill (small maps: 7 wide fills 7 of 8, 49 positions 49 of
+    64) and more than one tap per input channel.  Where the transposed orientation would be chosen (it packs
+    positions across rows: maps a few positions wide) and fills much better,
+    it is left to that.
+    """
+    if CONV_ROWS in ("always", "never"):
+        return CONV_ROWS == "always"
+    mr, nr = _engine.GEMM_MR, _engine.GEMM_NR
+    P = H2 * W2
+    rows = W2 / (-(-W2 // mr) * mr) * K / (-(-K // nr) * nr)
+    normal = P / (-(-P // nr) * nr) * K / (-(-K // mr) * mr)
+    transposed = P / (-(-P // mr) * mr) * K / (-(-K // nr) * nr)
+    strided = tuple(attrs["stride"]) != (1, 1)
+    if not strided and tuple(attrs["kernel"]) == (1, 1):
+        return False  # packed pointwise measured as fast or faster at every fill
+    if conv_transposed(P, K) and rows < 0.9 * transposed:
+        return False
+    factor = 0.8 if strided else 1.05
+    return rows >= factor * normal
 
 
 def dw16_wins(attrs, W2) -> bool:
@@ -619,6 +673,13 @@ class Model:
                 d["th"], d["tw"] = th, tw
                 # per sample: padded input, V and M (tiles rounded up per batch)
                 need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
+            elif g == 1 and rows_wins(a, C, K, H2, W2):
+                d["flag"] = 3
+                d["variant"] = "rows"
+                d["w"] = pack_conv_weights_t(w["weight"], 1)
+                d.update(rows_input(a, C, H, W))
+                need = d["gimage"]
+                thread_need = ROWS_TILE_FLOATS
             elif conv_transposed(H2 * W2, K // g):
                 d["flag"] = 1
                 d["variant"] = "transposed"

@@ -87,11 +87,15 @@ cdef extern from "f32_gemm.h":
                                             const Py_ssize_t* off, float* c, size_t mr,
                                             size_t nr, const float* bias, int first,
                                             int last, int act) noexcept nogil
+    ctypedef void (*cnnrt_gemm_ukernel_rows)(size_t kc, const float* a, const Py_ssize_t* off,
+                                             Py_ssize_t a_step, size_t mr, const float* b,
+                                             float* c, int first) noexcept nogil
     ctypedef struct cnnrt_gemm_config:
         int isa
         size_t nr
         cnnrt_gemm_ukernel ukernel
         cnnrt_gemm_ukernel_ind ukernel_ind
+        cnnrt_gemm_ukernel_rows ukernel_rows
         const char* name
     int CNNRT_MR
     int CNNRT_NR
@@ -714,6 +718,85 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
                          N, per_chunk)
 
 
+# ------------------------------------------- vectors along output channels
+#
+# Convolutions with few input channels and a stride (a network's first
+# layer), strided 1x1 convolutions and layers on small maps run with the
+# output channels in the vector lanes: a tile is 8 neighbouring positions of
+# one output row by NR output channels, and the micro-kernel broadcasts each
+# position's tap straight from the input (or its zero-padded copy), so
+# nothing is packed and the stride costs nothing.  The weights were packed
+# at load as B panels of NR channels; tiles are stored transposed, with
+# bias and activation, into the NCHW output.
+
+DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 KB of tiles)
+
+
+cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tiles,
+                         cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_t_fn store_t,
+                         Py_ssize_t task, Py_ssize_t n_kb, Py_ssize_t n_runs,
+                         Py_ssize_t N) noexcept nogil:
+    """Up to ROWS_BLOCK runs of 8 output positions against one weight panel."""
+    cdef Py_ssize_t P = s.H2 * s.W2
+    cdef Py_ssize_t Q = s.C * s.kh * s.kw
+    cdef Py_ssize_t per_row = (s.W2 + CNNRT_MR - 1) // CNNRT_MR
+    # weight panels vary fastest, so a thread's tasks share input runs
+    cdef Py_ssize_t kb = task % n_kb
+    cdef Py_ssize_t r0 = (task // n_kb) * ROWS_BLOCK
+    cdef Py_ssize_t r1 = r0 + ROWS_BLOCK
+    cdef Py_ssize_t nr = s.K - kb * CNNRT_NR
+    cdef Py_ssize_t k0 = kb * CNNRT_NR
+    cdef const float* wb = s.w + kb * Q * CNNRT_NR
+    cdef Py_ssize_t image = s.gimage if s.gprep else s.C * s.H * s.W
+    cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr
+    cdef const float* base
+    if r1 > n_runs:
+        r1 = n_runs
+    if nr > CNNRT_NR:
+        nr = CNNRT_NR
+    while q0 < Q:
+        kc = span(Q - q0, KC)
+        for r in range(r0, r1):
+            n = r // (s.H2 * per_row)
+            rest = r - n * s.H2 * per_row
+            oy = rest // per_row
+            ox0 = (rest - oy * per_row) * CNNRT_MR
+            mr = span(s.W2 - ox0, CNNRT_MR)
+            base = grid + n * image + oy * s.sh * s.gw + ox0 * s.sw
+            ukernel(kc, base, s.toff + q0, s.sw, mr, wb + q0 * CNNRT_NR,
+                    tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
+        q0 += kc
+    for r in range(r0, r1):
+        n = r // (s.H2 * per_row)
+        rest = r - n * s.H2 * per_row
+        oy = rest // per_row
+        ox0 = (rest - oy * per_row) * CNNRT_MR
+        mr = span(s.W2 - ox0, CNNRT_MR)
+        store_t(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, nr,
+                s.b + k0 if s.b != NULL else NULL, s.act,
+                y + (n * s.K + k0) * P + oy * s.W2 + ox0, P)
+
+
+cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, float* scratch,
+                      Py_ssize_t N, int n_threads) noexcept nogil:
+    """Convolution (one group) with vectors along output channels (see above)."""
+    cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows
+    cdef cnnrt_store_t_fn store_t = _store_t
+    cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t n_runs = N * s.H2 * ((s.W2 + CNNRT_MR - 1) // CNNRT_MR)
+    cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
+    cdef const float* grid = x
+    cdef Py_ssize_t n_items, t
+    if s.gprep != 0:
+        n_items = (s.gplane // s.gw + GRID_ROWS - 1) // GRID_ROWS
+        for t in prange(N * s.C * n_items, schedule="static", num_threads=n_threads):
+            grid_rows(s, x, work, t, n_items)
+        grid = work
+    for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
+        conv_rows_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, store_t,
+                       t, n_kb, n_runs, N)
+
+
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
                      Py_ssize_t N, int n_threads) noexcept nogil:
     """Grouped convolution; ``scratch`` is per-thread space, ``work`` per batch."""
@@ -728,6 +811,9 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t per_chunk, n_tasks, t, n_ppb
     if s.flag == 2:  # input read in place
         conv2d_direct(s, x, y, work, scratch, N, n_threads)
+        return
+    if s.flag == 3:  # vectors along output channels, input read in place
+        conv2d_rows(s, x, y, work, scratch, N, n_threads)
         return
     if s.flag:  # transposed orientation
         n_cb = (P + CNNRT_MR - 1) // CNNRT_MR

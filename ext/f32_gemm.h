@@ -135,6 +135,42 @@ static void f32_gemm_ukernel_8x32_ind__scalar(size_t kc, const float *a, const f
     }
 }
 
+/*
+ * Row micro-kernels, for convolutions whose vectors run along output
+ * channels and whose input is read in place: row r (output position r of a
+ * run along one output row), step k of the A operand is the float
+ * a[off[k] + r * as] (as: the stride between neighbouring positions), and
+ * B is a packed weight panel, b[k * NR + j].  Rows r >= mr repeat row 0, so
+ * nothing past the run is read.  The whole 8 x 32 tile is stored, without
+ * bias or activation: c[r * 32 + j] (with `first` unset, added to what c
+ * holds).
+ */
+typedef void (*cnnrt_gemm_ukernel_rows)(size_t kc, const float *a, const ptrdiff_t *off,
+                                        ptrdiff_t as, size_t mr, const float *b, float *c,
+                                        int first);
+
+static void f32_gemm_ukernel_8x32_rows__scalar(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+    float acc[CNNRT_MR][32];
+    size_t r, j, k;
+    for (r = 0; r < CNNRT_MR; r++)
+        for (j = 0; j < 32; j++)
+            acc[r][j] = first ? 0.0f : c[r * 32 + j];
+    for (k = 0; k < kc; k++) {
+        const float *bk = b + k * 32;
+        for (r = 0; r < CNNRT_MR; r++) {
+            const float av = a[off[k] + (r < mr ? (ptrdiff_t)r : 0) * as];
+            for (j = 0; j < 32; j++)
+                acc[r][j] += av * bk[j];
+        }
+    }
+    for (r = 0; r < CNNRT_MR; r++)
+        for (j = 0; j < 32; j++)
+            c[r * 32 + j] = acc[r][j];
+}
+
 #ifdef CNNRT_X86
 
 /* ------------------------------------------------------------------ AVX2 */
@@ -255,6 +291,39 @@ static void f32_gemm_ukernel_8x32_ind__avx2(size_t kc, const float *a, const flo
     for (j0 = 0; j0 < nr; j0 += 8)
         f32_gemm_quarter_8x8_ind__avx2(kc, a, b + j0, off, c + j0, mr, nr - j0,
                                        bias, first, last, act);
+}
+
+/* One 8x8 quarter of a row-kernel tile (B columns j0..j0+7). */
+__attribute__((target("avx2,fma")))
+static inline void f32_gemm_quarter_8x8_rows__avx2(size_t kc, const float *const ar[8],
+                                                   const ptrdiff_t *off, const float *b,
+                                                   float *c, int first)
+{
+    __m256 acc[CNNRT_MR];
+    size_t r, k;
+    for (r = 0; r < CNNRT_MR; r++)
+        acc[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * 32);
+    for (k = 0; k < kc; k++) {
+        const __m256 bv = _mm256_loadu_ps(b + k * 32);
+        const ptrdiff_t o = off[k];
+        for (r = 0; r < CNNRT_MR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[r] + o), bv, acc[r]);
+    }
+    for (r = 0; r < CNNRT_MR; r++)
+        _mm256_storeu_ps(c + r * 32, acc[r]);
+}
+
+__attribute__((target("avx2,fma")))
+static void f32_gemm_ukernel_8x32_rows__avx2(size_t kc, const float *a, const ptrdiff_t *off,
+                                             ptrdiff_t as, size_t mr, const float *b,
+                                             float *c, int first)
+{
+    const float *ar[CNNRT_MR];
+    size_t r, j0;
+    for (r = 0; r < CNNRT_MR; r++)
+        ar[r] = a + (r < mr ? (ptrdiff_t)r : 0) * as;
+    for (j0 = 0; j0 < 32; j0 += 8)
+        f32_gemm_quarter_8x8_rows__avx2(kc, ar, off, b + j0, c + j0, first);
 }
 
 /* ---------------------------------------------------------------- AVX-512 */
@@ -404,6 +473,56 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
         cnnrt_tile_store_avx512(rows, mr, 32, (__mmask16)0xFFFF, (__mmask16)0xFFFF, c, 32,
                                 bias, last, act);
     }
+}
+
+__attribute__((target("avx512f")))
+static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    const float *a0 = a, *a1, *a2, *a3, *a4, *a5, *a6, *a7;
+    size_t k;
+    a1 = a + (mr > 1 ? 1 : 0) * as; a2 = a + (mr > 2 ? 2 : 0) * as;
+    a3 = a + (mr > 3 ? 3 : 0) * as; a4 = a + (mr > 4 ? 4 : 0) * as;
+    a5 = a + (mr > 5 ? 5 : 0) * as; a6 = a + (mr > 6 ? 6 : 0) * as;
+    a7 = a + (mr > 7 ? 7 : 0) * as;
+    if (first) {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
+        c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
+    } else {
+        c00 = _mm512_loadu_ps(c + 0); c01 = _mm512_loadu_ps(c + 16);
+        c10 = _mm512_loadu_ps(c + 32); c11 = _mm512_loadu_ps(c + 48);
+        c20 = _mm512_loadu_ps(c + 64); c21 = _mm512_loadu_ps(c + 80);
+        c30 = _mm512_loadu_ps(c + 96); c31 = _mm512_loadu_ps(c + 112);
+        c40 = _mm512_loadu_ps(c + 128); c41 = _mm512_loadu_ps(c + 144);
+        c50 = _mm512_loadu_ps(c + 160); c51 = _mm512_loadu_ps(c + 176);
+        c60 = _mm512_loadu_ps(c + 192); c61 = _mm512_loadu_ps(c + 208);
+        c70 = _mm512_loadu_ps(c + 224); c71 = _mm512_loadu_ps(c + 240);
+    }
+    for (k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = _mm512_loadu_ps(b + 16);
+        const ptrdiff_t o = off[k];
+        __m512 av;
+        av = _mm512_set1_ps(a0[o]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);
+        av = _mm512_set1_ps(a1[o]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);
+        av = _mm512_set1_ps(a2[o]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);
+        av = _mm512_set1_ps(a3[o]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);
+        av = _mm512_set1_ps(a4[o]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);
+        av = _mm512_set1_ps(a5[o]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);
+        av = _mm512_set1_ps(a6[o]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);
+        av = _mm512_set1_ps(a7[o]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);
+        b += 32;
+    }
+    _mm512_storeu_ps(c + 0, c00); _mm512_storeu_ps(c + 16, c01);
+    _mm512_storeu_ps(c + 32, c10); _mm512_storeu_ps(c + 48, c11);
+    _mm512_storeu_ps(c + 64, c20); _mm512_storeu_ps(c + 80, c21);
+    _mm512_storeu_ps(c + 96, c30); _mm512_storeu_ps(c + 112, c31);
+    _mm512_storeu_ps(c + 128, c40); _mm512_storeu_ps(c + 144, c41);
+    _mm512_storeu_ps(c + 160, c50); _mm512_storeu_ps(c + 176, c51);
+    _mm512_storeu_ps(c + 192, c60); _mm512_storeu_ps(c + 208, c61);
+    _mm512_storeu_ps(c + 224, c70); _mm512_storeu_ps(c + 240, c71);
 }
 
 /* 16x16 transpose: on return r[j] lane i holds what r[i] lane j held. */
@@ -576,6 +695,7 @@ typedef struct {
     size_t nr;
     cnnrt_gemm_ukernel ukernel;
     cnnrt_gemm_ukernel_ind ukernel_ind;
+    cnnrt_gemm_ukernel_rows ukernel_rows;
     const char *name;
 } cnnrt_gemm_config;
 
@@ -607,6 +727,7 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
     cfg.nr = 32;
     cfg.ukernel = f32_gemm_ukernel_8x32__scalar;
     cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__scalar;
+    cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__scalar;
     cfg.name = "f32_gemm_ukernel_8x32__scalar";
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
@@ -614,12 +735,14 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
         cfg.nr = 32;
         cfg.ukernel = f32_gemm_ukernel_8x32__avx512;
         cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx512;
+        cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__avx512;
         cfg.name = "f32_gemm_ukernel_8x32__avx512";
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.isa = CNNRT_ISA_AVX2;
         cfg.nr = 32;
         cfg.ukernel = f32_gemm_ukernel_8x32__avx2;
         cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx2;
+        cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__avx2;
         cfg.name = "f32_gemm_ukernel_8x32__avx2";
     }
 #endif

@@ -36,6 +36,7 @@ def gemm_path(request, monkeypatch):
     grid tile per task, or several sharing each weight block)."""
     direct = request.param != "packed"
     monkeypatch.setattr(model_mod, "USE_DIRECT", direct)
+    monkeypatch.setattr(model_mod, "CONV_ROWS", "never")
     if direct:  # every shape, pointwise included, however much the grid wastes
         monkeypatch.setattr(model_mod, "DIRECT_POINTWISE", True)
         monkeypatch.setattr(model_mod, "DIRECT_MIN_EFFICIENCY", 0.0)
@@ -116,6 +117,50 @@ def test_gemm_conv_both_orientations(isa, gemm_path, monkeypatch, transposed, sh
     m = check(graph, w, b, pad, batch=3)
     assert m._plan_ops == ["conv2d"]
     assert m._plan_variants == ["transposed" if transposed else gemm_path]
+
+
+@pytest.mark.parametrize("shape", [
+    # runs of 8 output positions: rows of 1, 7, 8, 9 and 17 positions
+    dict(c=3, h=5, w=1, k=5, kernel=3, pad=1),
+    dict(c=3, h=9, w=15, k=32, kernel=3, stride=2, pad=1, act="relu"),
+    dict(c=4, h=6, w=8, k=33, kernel=1),
+    dict(c=2, h=7, w=19, k=31, kernel=3, stride=2, pad=(1, 0, 0, 1), act="relu6"),
+    dict(c=5, h=13, w=35, k=9, kernel=3, stride=2, pad=(0, 2, 1, 1)),
+    # 11x11 stride 4 (no padding: the input read in place), 7x7 stride 2
+    dict(c=3, h=31, w=43, k=40, kernel=11, stride=4, act="relu"),
+    dict(c=3, h=23, w=41, k=64, kernel=7, stride=2, pad=3),
+    # taps around the 256-tap block; strided 1x1; dilation; no bias
+    dict(c=29, h=6, w=10, k=65, kernel=3, stride=2, pad=1),
+    dict(c=300, h=7, w=9, k=40, kernel=1, stride=2),
+    dict(c=64, h=8, w=8, k=36, kernel=1, stride=2, bias=False),
+    dict(c=4, h=12, w=17, k=20, kernel=3, stride=3, dil=2, pad=(2, 1, 0, 2), act="tanh"),
+    # more runs than one task holds (16), across images
+    dict(c=6, h=40, w=20, k=8, kernel=5, stride=2, pad=2, act="sigmoid"),
+])
+def test_conv_rows(isa, monkeypatch, shape):
+    """Vectors along output channels, taps broadcast from the input in place."""
+    monkeypatch.setattr(model_mod, "CONV_ROWS", "always")
+    monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    graph, w, b, pad = conv_model(**shape)
+    m = check(graph, w, b, pad, batch=3)
+    assert m._plan_variants == ["rows"]
+
+
+@pytest.mark.parametrize("case,rows", [
+    (dict(c=3, h=30, w=30, k=32, kernel=7, stride=2, pad=3), True),
+    (dict(c=64, h=14, w=14, k=128, kernel=1, stride=2), True),
+    (dict(c=128, h=7, w=7, k=128, kernel=3, pad=1), True),  # stride 1, 7 of 8 filled
+    # too few channels for NR-wide vectors, one group of several, full tiles,
+    # stride-1 pointwise
+    (dict(c=3, h=30, w=30, k=16, kernel=7, stride=2, pad=3), False),
+    (dict(c=4, h=30, w=30, k=64, kernel=3, stride=2, pad=1, groups=2), False),
+    (dict(c=3, h=32, w=32, k=32, kernel=3, pad=1), False),
+    (dict(c=64, h=7, w=7, k=64, kernel=1), False),
+])
+def test_conv_rows_chosen_where_it_fills_tiles(case, rows):
+    graph, w, b, pad = conv_model(**case)
+    m = check(graph, w, b, pad)
+    assert (m._plan_variants == ["rows"]) == rows
 
 
 @pytest.mark.parametrize("c,k,h,w,pad", [
@@ -219,9 +264,10 @@ def test_direct_conv_random(c, k, h, w, kh, kw, sh, sw, dil, pads, groups, multi
     c, k = c * groups, k * groups
     saved = {name: getattr(model_mod, name) for name in
              ("USE_WINOGRAD", "USE_DIRECT", "DIRECT_POINTWISE", "DIRECT_MIN_EFFICIENCY",
-              "DIRECT_SHARED_WEIGHTS", "conv_transposed")}
+              "DIRECT_SHARED_WEIGHTS", "conv_transposed", "CONV_ROWS")}
     try:
         model_mod.USE_WINOGRAD = False
+        model_mod.CONV_ROWS = "never"
         model_mod.USE_DIRECT = model_mod.DIRECT_POINTWISE = True
         model_mod.DIRECT_MIN_EFFICIENCY = 0.0
         model_mod.DIRECT_SHARED_WEIGHTS = 0 if multi else 1 << 40
@@ -239,6 +285,39 @@ def test_direct_conv_random(c, k, h, w, kh, kw, sh, sw, dil, pads, groups, multi
         want = ref.conv2d(x, weight, b, (kh, kw), (sh, sw), pads, (dil, dil), groups, "relu")
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
         assert np.array_equal(m.predict(x, threads=1), got)
+    finally:
+        for name, value in saved.items():
+            setattr(model_mod, name, value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(2, 6), k=st.integers(1, 40), h=st.integers(1, 14), w=st.integers(1, 30),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       dil=st.integers(1, 3), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       batch=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_conv_rows_random(c, k, h, w, kh, kw, sh, sw, dil, pads, batch, seed):
+    """Vectors along output channels on random shapes, strides, dilations and paddings."""
+    pt, pl, pb, pr = pads
+    if ref.out_size(h, kh, sh, pt, pb, dil) < 1 or ref.out_size(w, kw, sw, pl, pr, dil) < 1:
+        return
+    saved = {name: getattr(model_mod, name) for name in ("USE_WINOGRAD", "CONV_ROWS")}
+    try:
+        model_mod.USE_WINOGRAD = False
+        model_mod.CONV_ROWS = "always"
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((k, c, kh, kw)).astype(np.float32)
+        b = rng.standard_normal(k).astype(np.float32)
+        graph = Graph([node("conv2d", "conv", ["input"], "output", {"weight": weight, "bias": b},
+                            kernel=(kh, kw), stride=(sh, sw), padding=pads, dilation=(dil, dil),
+                            groups=1, activation="relu")], input_shape=(c, h, w))
+        m = cnnrt.Model(graph, threads=2)
+        assert m._plan_variants == ["rows"]
+        x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+        got = m.predict(x)
+        want = ref.conv2d(x, weight, b, (kh, kw), (sh, sw), pads, (dil, dil), 1, "relu")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+        assert np.array_equal(m.predict(x, threads=1), got)
+        assert np.array_equal(m.predict(x[:1])[0], got[0])
     finally:
         for name, value in saved.items():
             setattr(model_mod, name, value)
