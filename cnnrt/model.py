@@ -203,9 +203,10 @@ def rows_wins(attrs, C, K, H2, W2) -> bool:
     orientation fills its tiles: runs of 8 positions along output rows by NR
     channels, against NR positions by MR channels.  A strided convolution
     otherwise reads its input as stride phases or packs it tap by tap, and
-    measured faster this way even at a somewhat lower fill; a stride-1 one
-    needs a better fill (small maps: 7 wide fills 7 of 8, 49 positions 49 of
-    64) and more than one tap per input channel.  Where the transposed orientation would be chosen (it packs
+    measured faster this way even at a somewhat lower fill.  A stride-1 one
+    with more than one tap per input channel measured faster at the same
+    fill or better (its other path copies tiles out to the output rows);
+    1x1 stride-1 ones stay packed.  Where the transposed orientation would be chosen (it packs
     positions across rows: maps a few positions wide) and fills much better,
     it is left to that.
     """
@@ -221,7 +222,7 @@ def rows_wins(attrs, C, K, H2, W2) -> bool:
         return False  # packed pointwise measured as fast or faster at every fill
     if conv_transposed(P, K) and rows < 0.9 * transposed:
         return False
-    factor = 0.8 if strided else 1.05
+    factor = 0.8 if strided else 1.0
     return rows >= factor * normal
 
 
