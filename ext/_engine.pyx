@@ -322,8 +322,10 @@ cdef void pack_b_phases(const Step* s, const float* phg, float* dst, Py_ssize_t 
 
 cdef void conv_task(const Step* s, const float* x, const float* phases, float* y,
                     float* pack, cnnrt_gemm_ukernel ukernel, Py_ssize_t task, Py_ssize_t n_cb,
-                    Py_ssize_t n_kchunks, Py_ssize_t panels_per_chunk) noexcept nogil:
-    """One block of up to MACRO output positions for one range of weight panels."""
+                    Py_ssize_t n_kchunks, Py_ssize_t panels_per_chunk,
+                    Py_ssize_t macro) noexcept nogil:
+    """One block of up to ``macro`` (MACRO, or NR) output positions for one
+    range of weight panels."""
     cdef Py_ssize_t Cg = s.C // s.groups
     cdef Py_ssize_t Kg = s.K // s.groups
     cdef Py_ssize_t P = s.H2 * s.W2
@@ -335,7 +337,7 @@ cdef void conv_task(const Step* s, const float* x, const float* phases, float* y
     cdef Py_ssize_t ng = rest // n_cb
     cdef Py_ssize_t g = ng % s.groups
     cdef Py_ssize_t n = ng // s.groups
-    cdef Py_ssize_t p0 = cb * MACRO
+    cdef Py_ssize_t p0 = cb * macro
     cdef Py_ssize_t width = P - p0
     cdef Py_ssize_t panel0 = kchunk * panels_per_chunk
     cdef Py_ssize_t panel1 = panel0 + panels_per_chunk
@@ -344,8 +346,8 @@ cdef void conv_task(const Step* s, const float* x, const float* phases, float* y
     cdef float* yg = y + (n * s.K + g * Kg) * P
     cdef const float* wg = s.w + g * n_panels * Q * CNNRT_MR
     cdef const float* bg = s.b + g * Kg if s.b != NULL else NULL
-    if width > MACRO:
-        width = MACRO
+    if width > macro:
+        width = macro
     n_sub = (width + CNNRT_NR - 1) // CNNRT_NR
     if panel1 > n_panels:
         panel1 = n_panels
@@ -808,7 +810,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     cdef Py_ssize_t n_cb = (P + MACRO - 1) // MACRO
     cdef Py_ssize_t outer = N * s.groups * n_cb
     cdef Py_ssize_t n_kchunks = 1
-    cdef Py_ssize_t per_chunk, n_tasks, t, n_ppb
+    cdef Py_ssize_t per_chunk, n_tasks, t, n_ppb, n_sub_all
     if s.flag == 2:  # input read in place
         conv2d_direct(s, x, y, work, scratch, N, n_threads)
         return
@@ -831,6 +833,17 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
         for t in prange(N * s.C, schedule="static", num_threads=n_threads):
             phase_plane(s, x, work, t)
         phases = work
+    # Few column blocks, but many NR-wide column panels and few weights per
+    # group: each thread packs and multiplies its own panels with all the
+    # weights (splitting the weights instead would have every thread read
+    # every packed panel, half of them from the other core's cache).
+    n_sub_all = N * s.groups * ((P + CNNRT_NR - 1) // CNNRT_NR)
+    if (n_threads > 1 and outer < 4 * n_threads and n_sub_all >= 3 * n_threads
+            and Kg <= n_sub_all * CNNRT_NR // 2):
+        for t in prange(n_sub_all, schedule="static", num_threads=n_threads):
+            conv_task(s, x, phases, y, scratch + threadid() * s.tstride, ukernel,
+                      t, n_sub_all // (N * s.groups), 1, n_panels, CNNRT_NR)
+        return
     if n_threads > 1 and outer < 4 * n_threads and s.spack > 0:
         conv2d_shared(s, x, phases, work + (N * s.C * s.sh * s.sw * s.th * s.tw
                                                if phases != NULL else 0),
@@ -850,7 +863,7 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     n_tasks = outer * n_kchunks
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
         conv_task(s, x, phases, y, scratch + threadid() * s.tstride, ukernel,
-                  t, n_cb, n_kchunks, per_chunk)
+                  t, n_cb, n_kchunks, per_chunk, MACRO)
 
 
 # ==========================================================================

@@ -99,6 +99,24 @@ def test_gemm_conv_tap_blocks(isa, gemm_path, monkeypatch, c, kernel):
     assert m._plan_variants == [gemm_path]
 
 
+@pytest.mark.parametrize("shape", [
+    dict(c=40, h=14, w=20, k=24, kernel=1),
+    dict(c=300, h=14, w=14, k=10, kernel=1, act="relu6"),
+    dict(c=20, h=28, w=28, k=16, kernel=3, stride=2, pad=1),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gemm_conv_column_panels_per_thread(isa, monkeypatch, shape, batch):
+    """Few column blocks but many column panels and few weights: each thread
+    packs and multiplies its own panels (same bits as one thread)."""
+    monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
+    monkeypatch.setattr(model_mod, "USE_DIRECT", False)
+    monkeypatch.setattr(model_mod, "CONV_ROWS", "never")
+    monkeypatch.setattr(model_mod, "conv_transposed", lambda p, k: False)
+    graph, w, b, pad = conv_model(**shape)
+    m = check(graph, w, b, pad, batch=batch)
+    assert m._plan_variants == ["packed"]
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("shape", [
     dict(c=16, h=7, w=7, k=40, kernel=1),
