@@ -394,6 +394,24 @@ static void f32_gemm_ukernel_8x32__avx512(size_t kc, const float *a, const float
         CNNRT_LOAD(6, c60, c61) CNNRT_LOAD(7, c70, c71)
 #undef CNNRT_LOAD
     }
+    if (nr <= 16) {
+        /* the last panel of a row of tiles: its upper 16 columns are padding */
+        for (k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_loadu_ps(b);
+            _mm_prefetch((const char *)(a + 16 * CNNRT_MR), _MM_HINT_T0);
+            c00 = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), b0, c00);
+            c10 = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), b0, c10);
+            c20 = _mm512_fmadd_ps(_mm512_set1_ps(a[2]), b0, c20);
+            c30 = _mm512_fmadd_ps(_mm512_set1_ps(a[3]), b0, c30);
+            c40 = _mm512_fmadd_ps(_mm512_set1_ps(a[4]), b0, c40);
+            c50 = _mm512_fmadd_ps(_mm512_set1_ps(a[5]), b0, c50);
+            c60 = _mm512_fmadd_ps(_mm512_set1_ps(a[6]), b0, c60);
+            c70 = _mm512_fmadd_ps(_mm512_set1_ps(a[7]), b0, c70);
+            a += CNNRT_MR;
+            b += 32;
+        }
+        kc = 0;
+    }
     for (k = 0; k < kc; k++) {
         const __m512 b0 = _mm512_loadu_ps(b);
         const __m512 b1 = _mm512_loadu_ps(b + 16);
