@@ -115,6 +115,8 @@ cdef extern from "f32_gemm.h":
                                       const float* bias, int act, float* dst,
                                       size_t ldd) noexcept nogil
     cnnrt_store_t_fn cnnrt_store_t_select(int isa) noexcept nogil
+    void cnnrt_prefetch_rows(const float* base, size_t ldd, size_t rows, size_t start,
+                             size_t stop) noexcept nogil
 
 # Taps per packed block: a B panel of KC x NR floats stays in L1.
 DEF KC = 256
@@ -752,10 +754,24 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef Py_ssize_t image = s.gimage if s.gprep else s.C * s.H * s.W
     cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr
     cdef const float* base
+    cdef Py_ssize_t per_image = s.H2 * per_row
+    cdef Py_ssize_t r_end, last
     if r1 > n_runs:
         r1 = n_runs
     if nr > CNNRT_NR:
         nr = CNNRT_NR
+    # the output lines this task will store, fetched while it computes
+    r = r0
+    while r < r1:
+        n = r // per_image
+        r_end = (n + 1) * per_image if (n + 1) * per_image < r1 else r1
+        rest = r - n * per_image
+        last = r_end - 1 - n * per_image
+        cnnrt_prefetch_rows(y + (n * s.K + k0) * P, P, nr,
+                            (rest // per_row) * s.W2 + (rest % per_row) * CNNRT_MR,
+                            (last // per_row) * s.W2 + (last % per_row) * CNNRT_MR
+                            + span(s.W2 - (last % per_row) * CNNRT_MR, CNNRT_MR))
+        r = r_end
     while q0 < Q:
         kc = span(Q - q0, KC)
         for r in range(r0, r1):

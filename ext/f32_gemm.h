@@ -624,6 +624,22 @@ static inline void cnnrt_scatter_tile(const float *tile, size_t mr, float *dst, 
         }
 }
 
+/* Fetch the cache lines of floats [from, to) of `rows` rows ldd apart into
+ * L2 ahead of the stores that will fill them (tiles stored transposed write
+ * 32 bytes to each of 32 rows, and each of those stores would otherwise
+ * wait for its line). */
+static inline void cnnrt_prefetch_rows(const float *base, size_t ldd, size_t rows, size_t from,
+                                       size_t to)
+{
+    size_t r;
+    for (r = 0; r < rows; r++) {
+        const char *p = (const char *)((size_t)(base + r * ldd + from) & ~(size_t)63);
+        const char *end = (const char *)(base + r * ldd + to);
+        for (; p < end; p += 64)
+            __builtin_prefetch(p, 0, 2);
+    }
+}
+
 /* ------------------------------------------------- transposed tile store
  *
  * The transposed convolution orientation computes an 8 x NR tile whose rows
