@@ -353,6 +353,11 @@ cdef void conv_task(const Step* s, const float* x, const float* phases, float* y
     n_sub = (width + CNNRT_NR - 1) // CNNRT_NR
     if panel1 > n_panels:
         panel1 = n_panels
+    # the output lines this task will store, fetched while it packs and
+    # computes (outputs larger than L2 otherwise stall the tile stores)
+    m0 = panel0 * CNNRT_MR
+    mr = (panel1 * CNNRT_MR if panel1 * CNNRT_MR < Kg else Kg) - m0
+    cnnrt_prefetch_rows(yg + m0 * P, P, mr, p0, p0 + width)
     q0 = 0
     while q0 < Q:
         kc = span(Q - q0, KC)
