@@ -1089,6 +1089,11 @@ cdef void depthwise_plane(const Step* s, const float* x, float* y, Py_ssize_t it
     cdef float* out = y + item * s.H2 * s.W2
     cdef float bias = s.b[k] if s.b != NULL else 0.0
     cdef Py_ssize_t oy
+    # the next plane's input and output, fetched while this one runs (the
+    # planes of a layer stream through the cache once, and the hardware
+    # prefetchers start over at each plane)
+    cnnrt_prefetch_rows(plane + (s.H * s.W if (k + 1) % mult == 0 else 0), 0, 1, 0, s.H * s.W)
+    cnnrt_prefetch_rows(out + s.H2 * s.W2, 0, 1, 0, s.H2 * s.W2)
     if s.sh == 1 and s.sw == 1:
         plane_fn(plane, s.H, s.W, wk, s.kh, s.kw, s.dh, s.dw, s.pt, s.pl, s.pb, s.pr,
                  s.H2, s.W2, bias, s.act, out, work)
