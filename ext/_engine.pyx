@@ -910,6 +910,7 @@ cdef cnnrt_wino_config _wino = cnnrt_wino_select(cnnrt_isa_best())
 # Channels per input-transform task, output channels per output-transform task.
 DEF WINO_CIN = 32
 DEF WINO_KOUT = 64
+DEF WINO_PREFETCH_BYTES = 256 * 1024
 
 
 cdef void wino_pad_plane(const Step* s, const float* x, float* xp, Py_ssize_t item) noexcept nogil:
@@ -950,7 +951,8 @@ cdef void wino_input_task(const Step* s, const float* xp, float* v, Py_ssize_t N
 
 cdef void wino_gemm_task(const Step* s, const float* v, float* m, Py_ssize_t NT,
                          Py_ssize_t Tpad, Py_ssize_t task, Py_ssize_t n_panels,
-                         Py_ssize_t n_kb, cnnrt_gemm_ukernel ukernel) noexcept nogil:
+                         Py_ssize_t n_kb, cnnrt_gemm_ukernel ukernel,
+                         bint prefetch) noexcept nogil:
     cdef Py_ssize_t kb = task % n_kb
     cdef Py_ssize_t rest = task // n_kb
     cdef Py_ssize_t panel = rest % n_panels
@@ -965,6 +967,8 @@ cdef void wino_gemm_task(const Step* s, const float* v, float* m, Py_ssize_t NT,
         mr = 8
     if nr > CNNRT_NR:
         nr = CNNRT_NR
+    if prefetch:  # the tile's lines of M, fetched while it computes
+        cnnrt_prefetch_rows(c, s.K, mr, 0, nr)
     while q0 < s.C:
         kc = span(s.C - q0, KC)
         ukernel(kc, a + q0 * 8, b + q0 * CNNRT_NR, c, s.K, mr, nr, NULL,
@@ -974,7 +978,7 @@ cdef void wino_gemm_task(const Step* s, const float* v, float* m, Py_ssize_t NT,
 
 cdef void wino_output_task(const Step* s, const float* m, float* y, Py_ssize_t Tpad,
                            Py_ssize_t task, Py_ssize_t n_kchunks,
-                           cnnrt_wino_output_fn fn) noexcept nogil:
+                           cnnrt_wino_output_fn fn, bint prefetch) noexcept nogil:
     cdef Py_ssize_t t = task // n_kchunks
     cdef Py_ssize_t k0 = (task % n_kchunks) * WINO_KOUT
     cdef Py_ssize_t k1 = k0 + WINO_KOUT
@@ -986,12 +990,16 @@ cdef void wino_output_task(const Step* s, const float* m, float* y, Py_ssize_t T
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t rows = s.H2 - oy
     cdef Py_ssize_t cols = s.W2 - ox
+    cdef Py_ssize_t k
     if k1 > s.K:
         k1 = s.K
     if rows > 4:
         rows = 4
     if cols > 4:
         cols = 4
+    if prefetch and ox == 0:  # the output rows of this row of tiles
+        for k in range(k0, k1):
+            cnnrt_prefetch_rows(y + (n * s.K + k) * P + oy * s.W2, s.W2, rows, 0, s.W2)
     fn(m + t * s.K, Tpad * s.K, k0, k1, s.b, s.act,
        y + n * s.K * P + oy * s.W2 + ox, P, s.W2, rows, cols)
 
@@ -1013,14 +1021,18 @@ cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
     cdef float* v = xp + N * s.C * plane
     cdef float* m = v + 36 * Tpad * s.C
     cdef Py_ssize_t t
+    # products and outputs larger than this are fetched ahead of their stores
+    # (smaller ones stay in cache, where the prefetches only cost time)
+    cdef bint m_ahead = 36 * Tpad * s.K * sizeof(float) >= WINO_PREFETCH_BYTES
+    cdef bint y_ahead = N * s.K * s.H2 * s.W2 * sizeof(float) >= WINO_PREFETCH_BYTES
     for t in prange(N * s.C, schedule="static", num_threads=n_threads):
         wino_pad_plane(s, x, xp, t)
     for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):
         wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input)
     for t in prange(36 * n_panels * n_kb, schedule="static", num_threads=n_threads):
-        wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel)
+        wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel, m_ahead)
     for t in prange(NT * n_kchunks, schedule="static", num_threads=n_threads):
-        wino_output_task(s, m, y, Tpad, t, n_kchunks, wino.output)
+        wino_output_task(s, m, y, Tpad, t, n_kchunks, wino.output, y_ahead)
 
 
 cdef extern from "f32_dwconv.h":
