@@ -927,7 +927,7 @@ cdef void wino_pad_plane(const Step* s, const float* x, float* xp, Py_ssize_t it
 
 cdef void wino_input_task(const Step* s, const float* xp, float* v, Py_ssize_t NT,
                           Py_ssize_t Tpad, Py_ssize_t task, Py_ssize_t n_cchunks,
-                          cnnrt_wino_input_fn fn) noexcept nogil:
+                          cnnrt_wino_input_fn fn, bint prefetch) noexcept nogil:
     cdef Py_ssize_t panel = task // n_cchunks
     cdef Py_ssize_t c0 = (task % n_cchunks) * WINO_CIN
     cdef Py_ssize_t c1 = c0 + WINO_CIN
@@ -946,6 +946,8 @@ cdef void wino_input_task(const Step* s, const float* xp, float* v, Py_ssize_t N
             tt = t % T
             base[r] = n * s.C * plane + 4 * (tt // s.tw) * Wp + 4 * (tt % s.tw)
             nvalid = r + 1
+    if prefetch:  # the task's 36 blocks of V
+        cnnrt_prefetch_rows(v + panel * s.C * 8 + c0 * 8, Tpad * s.C, 36, 0, (c1 - c0) * 8)
     fn(xp, plane, Wp, base, nvalid, c0, c1, v + panel * s.C * 8, Tpad * s.C)
 
 
@@ -1023,12 +1025,13 @@ cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
     cdef Py_ssize_t t
     # products and outputs larger than this are fetched ahead of their stores
     # (smaller ones stay in cache, where the prefetches only cost time)
+    cdef bint v_ahead = 36 * Tpad * s.C * sizeof(float) >= WINO_PREFETCH_BYTES
     cdef bint m_ahead = 36 * Tpad * s.K * sizeof(float) >= WINO_PREFETCH_BYTES
     cdef bint y_ahead = N * s.K * s.H2 * s.W2 * sizeof(float) >= WINO_PREFETCH_BYTES
     for t in prange(N * s.C, schedule="static", num_threads=n_threads):
         wino_pad_plane(s, x, xp, t)
     for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):
-        wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input)
+        wino_input_task(s, xp, v, NT, Tpad, t, n_cchunks, wino.input, v_ahead)
     for t in prange(36 * n_panels * n_kb, schedule="static", num_threads=n_threads):
         wino_gemm_task(s, v, m, NT, Tpad, t, n_panels, n_kb, ukernel, m_ahead)
     for t in prange(NT * n_kchunks, schedule="static", num_threads=n_threads):
