@@ -206,9 +206,9 @@ def rows_wins(attrs, C, K, H2, W2) -> bool:
     measured faster this way even at a somewhat lower fill.  A stride-1 one
     with more than one tap per input channel measured faster at the same
     fill or better (its other path copies tiles out to the output rows);
-    1x1 stride-1 ones stay packed.  Where the transposed orientation would be chosen (it packs
-    positions across rows: maps a few positions wide) and fills much better,
-    it is left to that.
+    1x1 stride-1 ones stay packed.  Where the transposed orientation would
+    be chosen (it packs positions across rows: maps a few positions wide)
+    and fills much better, it is left to that.
     """
     if CONV_ROWS in ("always", "never"):
         return CONV_ROWS == "always"
@@ -532,29 +532,41 @@ class Model:
         shapes = self._shapes
         n = len(nodes)
         producer = {g.inputs[0]: -1}
+        last_read: Dict[str, int] = {}
         for i, node in enumerate(nodes):
             producer[node.outputs[0]] = i
-        gain = [0] * n
+            for t in node.inputs:
+                last_read[t] = i
+        last_read[g.outputs[0]] = n  # read by the caller, after the last node
+        # tensor t crosses into a tail starting at s when producer < s <= last read
+        crossing = [0] * (n + 2)
+        for t, last in last_read.items():
+            if producer[t] + 1 <= last:
+                crossing[producer[t] + 1] += 1
+                crossing[last + 1] -= 1
+        for s in range(1, n + 1):
+            crossing[s] += crossing[s - 1]
+        gain = [0] * (n + 1)  # gain[s]: of the nodes from s on
+        steps_before = [0] * (n + 1)
         for i, (node, desc) in enumerate(zip(nodes, described)):
-            if desc is None:
-                continue
-            d, need = desc[0], desc[1]
-            weights = sum(d[k].nbytes for k in ("w", "w2") if d.get(k) is not None)
-            acts = sum(prod(shapes[t]) for t in node.inputs) + prod(shapes[node.outputs[0]])
-            gain[i] = weights - 4 * (acts + need)
+            steps_before[i + 1] = steps_before[i] + (desc is not None)
+        for i in range(n - 1, -1, -1):
+            gain[i] = gain[i + 1]
+            if described[i] is not None:
+                d, need = described[i][0], described[i][1]
+                weights = sum(d[k].nbytes for k in ("w", "w2") if d.get(k) is not None)
+                acts = (sum(prod(shapes[t]) for t in nodes[i].inputs)
+                        + prod(shapes[nodes[i].outputs[0]]))
+                gain[i] += weights - 4 * (acts + need)
         best, best_gain = n, TAIL_MIN_GAIN
         for s in range(1, n):
-            if all(d is None for d in described[:s]) or all(d is None for d in described[s:]):
-                continue  # a head or tail without steps
-            crossing = {t for node in nodes[s:] for t in node.inputs if producer[t] < s}
-            if len(crossing) != 1:
-                continue
-            total = sum(gain[s:])
-            if total > best_gain:
-                best, best_gain = s, total
+            # one tensor crosses, and both parts have steps
+            if (crossing[s] == 1 and steps_before[s] > 0 and steps_before[n] > steps_before[s]
+                    and gain[s] > best_gain):
+                best, best_gain = s, gain[s]
         if best == n:
             return n, g.outputs[0]
-        return best, next(t for node in nodes[best:] for t in node.inputs if producer[t] < best)
+        return best, next(t for t, last in last_read.items() if producer[t] < best <= last)
 
     def _layout(self, fused, described, inp, out):
         """Memory plan of a run of nodes reading tensor ``inp`` and producing ``out``.
