@@ -741,6 +741,17 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
 DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 KB of tiles)
 
 
+cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, Py_ssize_t* n,
+                              Py_ssize_t* oy, Py_ssize_t* ox0) noexcept nogil:
+    """Image, output row and first column of run r; returns its length (up to 8)."""
+    cdef Py_ssize_t rest
+    n[0] = r // (s.H2 * per_row)
+    rest = r - n[0] * s.H2 * per_row
+    oy[0] = rest // per_row
+    ox0[0] = (rest - oy[0] * per_row) * CNNRT_MR
+    return span(s.W2 - ox0[0], CNNRT_MR)
+
+
 cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tiles,
                          cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_t_fn store_t,
                          Py_ssize_t task, Py_ssize_t n_kb, Py_ssize_t n_runs,
@@ -780,21 +791,13 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     while q0 < Q:
         kc = span(Q - q0, KC)
         for r in range(r0, r1):
-            n = r // (s.H2 * per_row)
-            rest = r - n * s.H2 * per_row
-            oy = rest // per_row
-            ox0 = (rest - oy * per_row) * CNNRT_MR
-            mr = span(s.W2 - ox0, CNNRT_MR)
+            mr = run_at(s, r, per_row, &n, &oy, &ox0)
             base = grid + n * image + oy * s.sh * s.gw + ox0 * s.sw
             ukernel(kc, base, s.toff + q0, s.sw, mr, wb + q0 * CNNRT_NR,
                     tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
         q0 += kc
     for r in range(r0, r1):
-        n = r // (s.H2 * per_row)
-        rest = r - n * s.H2 * per_row
-        oy = rest // per_row
-        ox0 = (rest - oy * per_row) * CNNRT_MR
-        mr = span(s.W2 - ox0, CNNRT_MR)
+        mr = run_at(s, r, per_row, &n, &oy, &ox0)
         store_t(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, nr,
                 s.b + k0 if s.b != NULL else NULL, s.act,
                 y + (n * s.K + k0) * P + oy * s.W2 + ox0, P)
