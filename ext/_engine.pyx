@@ -1661,7 +1661,8 @@ cdef class Plan:
              self.tail_scratch_size, self.t_in_off, self.t_factor) = tail
             self.t_out_off = out_off
             if not 0 < self.n_head < len(steps) or self.t_factor < 1:
-                raise ValueError("bad tail")
+                raise ValueError(f"tail must start after the first step and before step "
+                                 f"{len(steps)}, with a chunk factor of at least 1; got {tail}")
         self.steps = <Step*> calloc(max(1, len(steps)), sizeof(Step))
         if self.steps == NULL:
             raise MemoryError()
