@@ -712,9 +712,65 @@ static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const flo
 }
 #endif
 
+/* AVX-512: 16 channels at a time.  Bias and activation are applied to the
+ * tile's rows (positions) before an 8x16 transpose: two in-lane shuffle
+ * stages leave four positions of one channel in each 128-bit lane, and a
+ * lane shuffle pairs positions 0-3 with 4-7, so each register then holds
+ * two channels' eight positions; the upper channel is stored from lanes
+ * 8-15 by a masked store shifted back by 8. */
+__attribute__((target("avx512f")))
+static void f32_store_t__avx512(const float *tile, size_t mr, size_t nr, const float *bias,
+                                int act, float *dst, size_t ldd)
+{
+    const __mmask16 lo = (__mmask16)((1u << mr) - 1u), hi = (__mmask16)(lo << 8);
+    size_t jb, j, r, k;
+    for (jb = 0; jb < nr; jb += 16) {
+        const size_t nj = nr - jb < 16 ? nr - jb : 16;
+        const __mmask16 cm = (__mmask16)(nj >= 16 ? 0xFFFFu : (1u << nj) - 1u);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(cm, bias + jb) : _mm512_setzero_ps();
+        __m512 x[8], t[8], u[8];
+        for (r = 0; r < 8; r++)
+            x[r] = cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(tile + r * CNNRT_NR + jb), bv),
+                                    act);
+        for (r = 0; r < 8; r += 2) {
+            t[r] = _mm512_unpacklo_ps(x[r], x[r + 1]);
+            t[r + 1] = _mm512_unpackhi_ps(x[r], x[r + 1]);
+        }
+        /* u[k] (k < 4): lane group g holds channel 4g + k, positions 0-3;
+         * u[k + 4] the same channels, positions 4-7 */
+        for (r = 0; r < 8; r += 4) {
+            u[r] = _mm512_shuffle_ps(t[r], t[r + 2], 0x44);
+            u[r + 1] = _mm512_shuffle_ps(t[r], t[r + 2], 0xEE);
+            u[r + 2] = _mm512_shuffle_ps(t[r + 1], t[r + 3], 0x44);
+            u[r + 3] = _mm512_shuffle_ps(t[r + 1], t[r + 3], 0xEE);
+        }
+        for (k = 0; k < 4; k++) {
+            /* groups 0, 1 then 2, 3: [u_k.g, u_k+4.g, u_k.g+1, u_k+4.g+1] */
+            const __m512 a = _mm512_shuffle_f32x4(u[k], u[k + 4], 0x44);
+            const __m512 b = _mm512_shuffle_f32x4(u[k], u[k + 4], 0xEE);
+            const __m512 pair[2] = {_mm512_shuffle_f32x4(a, a, 0xD8),
+                                    _mm512_shuffle_f32x4(b, b, 0xD8)};
+            for (j = 0; j < 2; j++) {
+                const size_t c0 = 8 * j + k, c1 = 8 * j + 4 + k; /* channels in lanes 0-7, 8-15 */
+                if (c0 < nj)
+                    _mm512_mask_storeu_ps(dst + (jb + c0) * ldd, lo, pair[j]);
+                if (c1 < nj)
+                    _mm512_mask_storeu_ps(dst + (jb + c1) * ldd - 8, hi, pair[j]);
+            }
+        }
+        if (act == CNNRT_ACT_SIGMOID || act == CNNRT_ACT_TANH)
+            for (j = 0; j < nj; j++)
+                for (r = 0; r < mr; r++)
+                    dst[(jb + j) * ldd + r] = cnnrt_act_scalar(
+                        tile[r * CNNRT_NR + jb + j] + (bias ? bias[jb + j] : 0.0f), act);
+    }
+}
+
 static cnnrt_store_t_fn cnnrt_store_t_select(int isa)
 {
 #ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512))
+        return f32_store_t__avx512;
     if (isa != CNNRT_ISA_SCALAR && cnnrt_isa_supported(CNNRT_ISA_AVX2))
         return f32_store_t__avx2;
 #endif
