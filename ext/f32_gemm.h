@@ -543,22 +543,33 @@ static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const 
     _mm512_storeu_ps(c + 224, c70); _mm512_storeu_ps(c + 240, c71);
 }
 
+/* The in-lane half of a transpose of n rows (n a multiple of 4): for each
+ * group of four rows r[i..i+3], out[i + k] lane 4g + j holds what r[i + j]
+ * held in lane 4g + k (a 4x4 transpose inside every 128-bit lane). */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_transpose_lanes4_avx512(const __m512 *r, __m512 *out, int n)
+{
+    __m512 t[4];
+    int i;
+    for (i = 0; i < n; i += 4) {
+        t[0] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        t[2] = _mm512_unpacklo_ps(r[i + 2], r[i + 3]);
+        t[3] = _mm512_unpackhi_ps(r[i + 2], r[i + 3]);
+        out[i] = _mm512_shuffle_ps(t[0], t[2], 0x44);
+        out[i + 1] = _mm512_shuffle_ps(t[0], t[2], 0xEE);
+        out[i + 2] = _mm512_shuffle_ps(t[1], t[3], 0x44);
+        out[i + 3] = _mm512_shuffle_ps(t[1], t[3], 0xEE);
+    }
+}
+
 /* 16x16 transpose: on return r[j] lane i holds what r[i] lane j held. */
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_transpose16_avx512(__m512 r[16])
 {
     __m512 t[16];
     int i;
-    for (i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
+    cnnrt_transpose_lanes4_avx512(r, r, 16);
     for (i = 0; i < 4; i++) {
         t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
         t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
@@ -728,22 +739,13 @@ static void f32_store_t__avx512(const float *tile, size_t mr, size_t nr, const f
         const size_t nj = nr - jb < 16 ? nr - jb : 16;
         const __mmask16 cm = (__mmask16)(nj >= 16 ? 0xFFFFu : (1u << nj) - 1u);
         const __m512 bv = bias ? _mm512_maskz_loadu_ps(cm, bias + jb) : _mm512_setzero_ps();
-        __m512 x[8], t[8], u[8];
+        __m512 x[8], u[8];
         for (r = 0; r < 8; r++)
             x[r] = cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(tile + r * CNNRT_NR + jb), bv),
                                     act);
-        for (r = 0; r < 8; r += 2) {
-            t[r] = _mm512_unpacklo_ps(x[r], x[r + 1]);
-            t[r + 1] = _mm512_unpackhi_ps(x[r], x[r + 1]);
-        }
         /* u[k] (k < 4): lane group g holds channel 4g + k, positions 0-3;
          * u[k + 4] the same channels, positions 4-7 */
-        for (r = 0; r < 8; r += 4) {
-            u[r] = _mm512_shuffle_ps(t[r], t[r + 2], 0x44);
-            u[r + 1] = _mm512_shuffle_ps(t[r], t[r + 2], 0xEE);
-            u[r + 2] = _mm512_shuffle_ps(t[r + 1], t[r + 3], 0x44);
-            u[r + 3] = _mm512_shuffle_ps(t[r + 1], t[r + 3], 0xEE);
-        }
+        cnnrt_transpose_lanes4_avx512(x, u, 8);
         for (k = 0; k < 4; k++) {
             /* groups 0, 1 then 2, 3: [u_k.g, u_k+4.g, u_k.g+1, u_k+4.g+1] */
             const __m512 a = _mm512_shuffle_f32x4(u[k], u[k + 4], 0x44);

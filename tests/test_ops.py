@@ -6,6 +6,7 @@ groups, strides larger than the kernel, batch 1 and larger; agreement within
 concurrent callers, NHWC models, and the checks on predict's input.
 """
 import concurrent.futures
+import contextlib
 
 import numpy as np
 import pytest
@@ -275,6 +276,28 @@ def test_bit_identical_across_threads_and_batch_positions():
         assert np.array_equal(model.predict(x[i:i + 1])[0], got[i])
 
 
+@contextlib.contextmanager
+def batch_chunk_bytes(nbytes):
+    """Run batches in chunks of about ``nbytes`` of activations per thread."""
+    from cnnrt import _engine
+    previous = _engine.set_batch_chunk_bytes(nbytes)
+    try:
+        yield
+    finally:
+        _engine.set_batch_chunk_bytes(previous)
+
+
+def assert_chunked_runs_agree(model, x, want, bad_at, bad=np.nan):
+    """The same bits as ``want`` for 1 to 3 threads, and a non-finite value at
+    ``bad_at`` (sample, flat index) refused."""
+    for threads in (1, 2, 3):
+        assert np.array_equal(model.predict(x, threads=threads), want)
+    damaged = x.copy()
+    damaged[bad_at[0]].flat[bad_at[1]] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.predict(damaged)
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_batches_run_in_chunks(layout):
     """A batch runs chunk by chunk (a few samples per thread) with the same
@@ -286,20 +309,12 @@ def test_batches_run_in_chunks(layout):
                       labels=graph.labels)
     model = cnnrt.Model(graph, threads=2)
     x = rand(np.random.default_rng(11), 9, *model.input_shape)
-    previous = _engine.set_batch_chunk_bytes(1 << 40)
-    try:
+    with batch_chunk_bytes(1 << 40):
         whole = model.predict(x)
         assert model._plan.arena_size(9, 2) - model._plan.arena_size(1, 2) > 0
         _engine.set_batch_chunk_bytes(1)  # one sample per thread per chunk
         assert model._plan.arena_size(9, 2) == model._plan.arena_size(2, 2)
-        for threads in (1, 2, 3):
-            assert np.array_equal(model.predict(x, threads=threads), whole)
-        bad = x.copy()
-        bad[8].flat[5] = np.nan
-        with pytest.raises(ValueError, match="NaN or infinite"):
-            model.predict(bad)
-    finally:
-        _engine.set_batch_chunk_bytes(previous)
+        assert_chunked_runs_agree(model, x, whole, bad_at=(8, 5))
 
 
 def heavy_tail_cnn(seed=0, residual=False):
@@ -351,14 +366,8 @@ def test_heavy_tail_runs_on_whole_batches(residual):
     assert_close(got, ref.run_graph(graph, x))
     for i in range(11):
         assert np.array_equal(model.predict(x[i:i + 1])[0], got[i])
-    previous = _engine.set_batch_chunk_bytes(1)  # head: one sample per thread per chunk
-    try:
-        for threads in (1, 2, 3):
-            assert np.array_equal(model.predict(x, threads=threads), got)
-        bad = x.copy()
-        bad[9].flat[7] = np.inf
-        with pytest.raises(ValueError, match="NaN or infinite"):
-            model.predict(bad)
+    with batch_chunk_bytes(1):  # head: one sample per thread per chunk
+        assert_chunked_runs_agree(model, x, got, bad_at=(9, 7), bad=np.inf)
         # tail chunks of 4 samples (2 per thread), head chunks of 2 within them
         plan = model._plan
         tail_bytes = 4 * (plan.tail_sample_size + plan.tail_scratch_size)
@@ -366,8 +375,6 @@ def test_heavy_tail_runs_on_whole_batches(residual):
         assert plan.arena_size(11, 2) - plan.arena_size(4, 2) == 0
         assert plan.arena_size(4, 2) > plan.arena_size(2, 2)
         assert np.array_equal(model.predict(x, threads=2), got)
-    finally:
-        _engine.set_batch_chunk_bytes(previous)
     # without a tail: the same bits
     saved = cnnrt.model.TAIL_MIN_GAIN
     cnnrt.model.TAIL_MIN_GAIN = 1 << 62
