@@ -169,8 +169,8 @@ def test_conv_rows(isa, monkeypatch, shape):
     (dict(c=64, h=14, w=14, k=128, kernel=1, stride=2), True),
     (dict(c=128, h=7, w=7, k=128, kernel=3, pad=1), True),  # stride 1, 7 of 8 filled
     (dict(c=3, h=32, w=32, k=32, kernel=3, pad=1), True),
-    # too few channels for NR-wide vectors, one group of several, full tiles,
-    # stride-1 pointwise
+    # too few channels for NR-wide vectors, one group of several, rows that
+    # fill their tiles worse than the other orientation, stride-1 pointwise
     (dict(c=3, h=30, w=30, k=16, kernel=7, stride=2, pad=3), False),
     (dict(c=4, h=30, w=30, k=64, kernel=3, stride=2, pad=1, groups=2), False),
     (dict(c=3, h=12, w=12, k=32, kernel=3, pad=1), False),  # rows of 12 fill 12 of 16
