@@ -167,57 +167,114 @@ static inline __mmask16 cnnrt_pool_lanes(ptrdiff_t start, ptrdiff_t step, ptrdif
 }
 
 /* Max pooling of a whole plane with stride 1 or 2 and kernels up to 16
- * wide: 16 outputs per vector; each tap's inputs are one load (stride 1) or
- * the even lanes of two (stride 2), masked at the borders, with the masks
- * of a column block computed once for all its rows.  max(v, acc) keeps acc
- * where v is NaN, as the scalar body does.  Returns 0 (nothing done) for
- * other shapes, which then go row by row. */
+ * wide and CNNRT_POOL_HROWS tall: 16 outputs per vector, separably.  For a
+ * column block and a band of output rows, every input row the band reads is
+ * first reduced over its kw taps (one load at stride 1, the even lanes of
+ * two at stride 2, masked at the borders), once, however many output rows
+ * read it; each output row then takes the max of its kh reduced rows.  Every
+ * max is max(v, acc), which keeps acc unless v is greater (so where v is
+ * NaN, or equal, as for -0.0 and 0.0): both ways the result is the first
+ * greatest value of the window in (ky, kx) order, bit for bit what the
+ * scalar body computes.  Returns 0 (nothing done) for other shapes, which
+ * then go row by row. */
 #define CNNRT_POOL_MAXKW 16
+#define CNNRT_POOL_HROWS 64
+
+/* One input row reduced over KW taps (KW a constant where inlined with one);
+ * taps from column start[kx] of `row`, lanes use[kx]. */
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 cnnrt_maxpool_hrow_avx512(const float *row, const ptrdiff_t KW,
+                                               const ptrdiff_t SW, const ptrdiff_t *start,
+                                               const __mmask16 *use, const __mmask16 *mlo,
+                                               const __mmask16 *mhi, int full)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __m512 acc = _mm512_set1_ps(-INFINITY);
+    ptrdiff_t kx;
+#pragma GCC unroll 4
+    for (kx = 0; kx < KW; kx++) {
+        const float *src = row + start[kx];
+        __m512 v;
+        if (SW == 1)
+            v = full ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mlo[kx], src);
+        else if (full)
+            v = _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_loadu_ps(src + 16));
+        else
+            v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mlo[kx], src), even,
+                                       _mm512_maskz_loadu_ps(mhi[kx], src + 16));
+        acc = full ? _mm512_max_ps(v, acc) : _mm512_mask_max_ps(acc, use[kx], v, acc);
+    }
+    return acc;
+}
+
+/* Input rows r0 .. r1-1 of a column block reduced into h[0 .. r1-r0-1]. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_maxpool_hrows_avx512(const float *plane, ptrdiff_t W, ptrdiff_t r0,
+                                              ptrdiff_t r1, const ptrdiff_t KW, const ptrdiff_t SW,
+                                              const ptrdiff_t *start, const __mmask16 *use,
+                                              const __mmask16 *mlo, const __mmask16 *mhi,
+                                              int full, __m512 *h)
+{
+    ptrdiff_t y;
+    for (y = r0; y < r1; y++)
+        h[y - r0] = cnnrt_maxpool_hrow_avx512(plane + y * W, KW, SW, start, use, mlo, mhi, full);
+}
+
 __attribute__((target("avx512f")))
 static int f32_maxpool_plane__avx512(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
                                      ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
                                      ptrdiff_t pl, ptrdiff_t H2, ptrdiff_t W2, float *out)
 {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __m512 h[CNNRT_POOL_HROWS];
     __mmask16 use[CNNRT_POOL_MAXKW], mlo[CNNRT_POOL_MAXKW], mhi[CNNRT_POOL_MAXKW];
     ptrdiff_t start[CNNRT_POOL_MAXKW];
-    int full[CNNRT_POOL_MAXKW];
-    ptrdiff_t ox0, oy, ky, kx;
-    if ((sw != 1 && sw != 2) || kw > CNNRT_POOL_MAXKW)
+    ptrdiff_t ox0, o0, o1, oy, ky, kx, band;
+    if ((sw != 1 && sw != 2) || kw > CNNRT_POOL_MAXKW || kh > CNNRT_POOL_HROWS)
         return 0;
+    /* output rows per band: the input rows they read fit in h */
+    band = (CNNRT_POOL_HROWS - kh) / sh + 1;
     for (ox0 = 0; ox0 < W2; ox0 += 16) {
         const ptrdiff_t n = W2 - ox0 < 16 ? W2 - ox0 : 16;
         const __mmask16 omask = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        int full = 1;
         for (kx = 0; kx < kw; kx++) {
             const ptrdiff_t st = ox0 * sw - pl + kx;
             start[kx] = st;
             use[kx] = cnnrt_pool_lanes(st, sw, W, n);
             mlo[kx] = cnnrt_pool_lanes(st, 1, W, 16);
             mhi[kx] = cnnrt_pool_lanes(st + 16, 1, W, 16);
-            full[kx] = use[kx] == 0xFFFF && st >= 0 && st + 16 * sw <= W;
+            full &= use[kx] == 0xFFFF && st >= 0 && st + 16 * sw <= W;
         }
-        for (oy = 0; oy < H2; oy++) {
-            const ptrdiff_t y0 = oy * sh - pt;
-            const ptrdiff_t ylo = y0 < 0 ? 0 : y0;
-            const ptrdiff_t yhi = y0 + kh > H ? H : y0 + kh;
-            __m512 acc = _mm512_set1_ps(-INFINITY);
-            for (ky = ylo; ky < yhi; ky++) {
-                const float *row = plane + ky * W;
-                for (kx = 0; kx < kw; kx++) {
-                    const float *src = row + start[kx];
-                    __m512 v;
-                    if (sw == 1) {
-                        v = full[kx] ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mlo[kx], src);
-                    } else if (full[kx]) {
-                        v = _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_loadu_ps(src + 16));
-                    } else {
-                        v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mlo[kx], src), even,
-                                                   _mm512_maskz_loadu_ps(mhi[kx], src + 16));
-                    }
-                    acc = _mm512_mask_max_ps(acc, use[kx], v, acc);
-                }
+        for (o0 = 0; o0 < H2; o0 = o1) {
+            /* input rows r0 .. r1-1 (inside the plane) feed output rows o0 .. o1-1 */
+            ptrdiff_t r0, r1;
+            o1 = o0 + band < H2 ? o0 + band : H2;
+            r0 = o0 * sh - pt < 0 ? 0 : o0 * sh - pt;
+            r1 = (o1 - 1) * sh - pt + kh > H ? H : (o1 - 1) * sh - pt + kh;
+            if (r1 > r0) {
+#define CNNRT_HROWS(KW, SW, FULL) \
+                cnnrt_maxpool_hrows_avx512(plane, W, r0, r1, KW, SW, start, use, mlo, mhi, FULL, h)
+                if (kw == 2 && sw == 2 && full)
+                    CNNRT_HROWS(2, 2, 1);
+                else if (kw == 3 && sw == 2 && full)
+                    CNNRT_HROWS(3, 2, 1);
+                else if (kw == 3 && sw == 1 && full)
+                    CNNRT_HROWS(3, 1, 1);
+                else if (sw == 2)
+                    CNNRT_HROWS(kw, 2, 0);
+                else
+                    CNNRT_HROWS(kw, 1, 0);
+#undef CNNRT_HROWS
             }
-            _mm512_mask_storeu_ps(out + oy * W2 + ox0, omask, acc);
+            for (oy = o0; oy < o1; oy++) {
+                const ptrdiff_t y0 = oy * sh - pt;
+                const ptrdiff_t ylo = y0 < 0 ? 0 : y0;
+                const ptrdiff_t yhi = y0 + kh > H ? H : y0 + kh;
+                __m512 acc = _mm512_set1_ps(-INFINITY);
+                for (ky = ylo; ky < yhi; ky++)
+                    acc = _mm512_max_ps(h[ky - r0], acc);
+                _mm512_mask_storeu_ps(out + oy * W2 + ox0, omask, acc);
+            }
         }
     }
     return 1;

@@ -253,6 +253,11 @@ def test_variant_switch_is_checked():
     dict(h=6, w=37, kernel=(3, 5), stride=2, pad=(1, 2, 0, 2)),
     dict(h=5, w=50, kernel=3, stride=3, pad=(1, 0, 1, 2)),
     dict(h=4, w=45, kernel=(2, 17), stride=1, pad=(0, 8, 1, 8)),
+    # max pooling reduces the input rows of a band of output rows at a time:
+    # several bands, windows across their boundaries, and windows taller than a band
+    dict(h=150, w=21, kernel=3, stride=2, pad=(1, 1, 1, 1)),
+    dict(h=140, w=18, kernel=(5, 2), stride=1, pad=(2, 0, 2, 1)),
+    dict(h=70, w=9, kernel=(66, 2), stride=2, pad=(0, 0, 0, 0)),
 ])
 def test_pool_kernels(isa, op, case):
     kh, kw = (case["kernel"],) * 2 if np.isscalar(case["kernel"]) else case["kernel"]
@@ -268,6 +273,31 @@ def test_pool_kernels(isa, op, case):
                       count_include_pad=1 if kind == "avg" else 0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(m.predict(x, threads=1), got)
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [
+    ((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 2), (1, 1), (1, 0, 1, 1)),
+    ((5, 3), (1, 2), (2, 1, 2, 1))])
+def test_maxpool_keeps_first_of_equal_values(isa, kernel, stride, pad):
+    """Of equal values (0.0 and -0.0 among them) every kernel returns the
+    first in (ky, kx) order, so zero signs agree bit for bit with a scan."""
+    rng = np.random.default_rng(11)
+    h, w = 70, 37
+    x = rng.choice(np.array([0.0, -0.0, -1.0], np.float32), size=(2, 3, h, w))
+    graph = Graph([node("maxpool2d", "pool", ["input"], "output", kernel=kernel, stride=stride,
+                        padding=pad)], input_shape=(3, h, w))
+    got = cnnrt.Model(graph, threads=2).predict(x)
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = kernel, stride, pad
+    want = np.empty(got.shape, np.float32)
+    for oy in range(got.shape[2]):
+        for ox in range(got.shape[3]):
+            y0, x0 = oy * sh - pt, ox * sw - pl
+            win = x[:, :, max(y0, 0):min(y0 + kh, h), max(x0, 0):min(x0 + kw, w)]
+            flat = win.reshape(2, 3, -1)  # (ky, kx) order
+            first = np.argmax(flat == flat.max(axis=2, keepdims=True), axis=2)
+            want[:, :, oy, ox] = np.take_along_axis(flat, first[..., None], axis=2)[..., 0]
+    assert np.array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
 
 
 @settings(max_examples=60, deadline=None)
