@@ -56,6 +56,14 @@ ROWS_TILE_FLOATS = 16 * 8 * 32
 # chunks of samples are up to this many times the size of the others'.
 TAIL_MIN_GAIN = 1 << 18
 TAIL_CHUNK_FACTOR = 16
+# Chains of depthwise and pointwise (1x1 stride-1) convolutions keep their
+# activations channel-blocked, [C/16][H][W][16] per image (see
+# Model._c16_chains): "auto" where the AVX-512 kernels run, for chains with a
+# depthwise layer and at least two convolutions; "always" for every such
+# convolution; "never".
+C16 = "auto"
+_C16_ACTS = ("none", "relu", "relu6")
+_C16_ELEMENTWISE = ("add", "relu", "clip", "leaky_relu", "sigmoid", "tanh")
 
 if os.environ.get("CNNRT_ISA"):
     _engine.set_isa(os.environ["CNNRT_ISA"].strip().lower())
@@ -237,6 +245,28 @@ def dw16_wins(attrs, W2) -> bool:
     if DEPTHWISE_16 in ("always", "never"):
         return DEPTHWISE_16 == "always"
     return W2 <= 8
+
+
+def depthwise_weights16(weight: np.ndarray, bias) -> Tuple[np.ndarray, np.ndarray]:
+    """Depthwise taps as [K/16][kh*kw][16] and biases as [K/16 * 16], zero-padded."""
+    K = weight.shape[0]
+    kk = weight.shape[2] * weight.shape[3]
+    groups16 = -(-K // 16)
+    w16 = np.zeros((groups16 * 16, kk), np.float32)
+    w16[:K] = weight.reshape(K, kk)
+    b16 = np.zeros(groups16 * 16, np.float32)
+    if bias is not None:
+        b16[:K] = bias
+    return np.ascontiguousarray(w16.reshape(groups16, 16, kk).transpose(0, 2, 1)), b16
+
+
+def panel_biases(bias, K: int) -> np.ndarray:
+    """Biases of every GEMM_NR-wide panel of output channels, zero-padded."""
+    nr = _engine.GEMM_NR
+    b = np.zeros(-(-K // nr) * nr, np.float32)
+    if bias is not None:
+        b[:K] = bias
+    return b
 
 
 def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
@@ -477,9 +507,16 @@ class Model:
             fused.append((node, [node.name]))
         return fused
 
+    def _size(self, t) -> int:
+        """Floats per sample of tensor t (channel-blocked ones padded to 16 channels)."""
+        shape = self._shapes[t]
+        if t in self._c16:
+            return -(-shape[0] // 16) * 16 * prod(shape[1:])
+        return prod(shape)
+
     def _build(self):
         g = self.graph
-        fused = self._fuse()
+        fused, self._c16 = self._c16_chains(self._fuse())
         nodes = [node for node, _ in fused]
         # each node's kernel step (offsets are filled in by _layout)
         described = [None if node.op == "flatten" else self._step(node, [], -1)
@@ -495,7 +532,7 @@ class Model:
             self._step_nodes = self._step_nodes + t["names"]
             thread = max(thread, t["thread"])
             out_off = t["out_off"]
-            tail = (len(head["steps"]), head["out_off"], prod(self._shapes[boundary]),
+            tail = (len(head["steps"]), head["out_off"], self._size(boundary),
                     t["sample"], t["scratch"], t["in_off"], TAIL_CHUNK_FACTOR)
         # the nodes that run on whole batches (see _tail_start)
         self._tail_nodes = [name for _, names in fused[split:] for name in names]
@@ -513,6 +550,129 @@ class Model:
             thread,
             tail,
         )
+
+    def _c16_kind(self, node) -> Optional[str]:
+        """"dw" or "pw" for a convolution the channel-blocked kernels run."""
+        if node.op != "conv2d" or node.attrs.get("activation", "none") not in _C16_ACTS:
+            return None
+        a = node.attrs
+        C, K = self._shapes[node.inputs[0]][0], self._shapes[node.outputs[0]][0]
+        if a["groups"] == C == K:
+            return "dw"
+        if (a["groups"] == 1 and tuple(a["kernel"]) == (1, 1) and tuple(a["stride"]) == (1, 1)
+                and tuple(a["padding"]) == (0, 0, 0, 0)):
+            return "pw"
+        return None
+
+    def _rows_variant(self, node) -> bool:
+        """Whether a one-group convolution runs with vectors along output channels."""
+        a = node.attrs
+        C, H, W = self._shapes[node.inputs[0]]
+        K, H2, W2 = self._shapes[node.outputs[0]]
+        return not winograd_eligible(a, C, K, H2, W2) and rows_wins(a, C, K, H2, W2)
+
+    def _c16_chains(self, fused):
+        """Run chains of depthwise and pointwise convolutions channel-blocked.
+
+        The members are those convolutions (see _c16_kind) and the
+        element-wise nodes all of whose inputs come from members; under
+        "auto", connected groups of members without a depthwise layer or
+        with fewer than two convolutions are left out.  A member reads and
+        writes the tensor ``t + "#c16"``; a ``to_c16`` step makes it from t
+        before the first member reading a tensor that no member produced,
+        and a ``from_c16`` step writes t back as planes right after a member
+        whose output is read elsewhere or is the graph's output.  Returns the
+        rewritten (node, names) list and the set of channel-blocked tensors.
+        """
+        if C16 == "never" or (C16 == "auto" and get_isa() != "avx512"):
+            return fused, set()
+        g = self.graph
+        nodes = [node for node, _ in fused]
+        kinds = [self._c16_kind(node) for node in nodes]
+        keep = [k is not None for k in kinds]
+        while True:
+            member = list(keep)
+            made = set()
+            for i, node in enumerate(nodes):
+                if kinds[i] is None:
+                    member[i] = (node.op in _C16_ELEMENTWISE
+                                 and all(t in made for t in node.inputs))
+                if member[i]:
+                    made.add(node.outputs[0])
+            if C16 != "auto":
+                break
+            # connected groups of members, joined through the tensors between them
+            group = list(range(len(nodes)))
+
+            def find(i):
+                while group[i] != i:
+                    group[i] = group[group[i]]
+                    i = group[i]
+                return i
+            producer = {node.outputs[0]: i for i, node in enumerate(nodes)}
+            for i, node in enumerate(nodes):
+                if member[i]:
+                    for t in node.inputs:
+                        j = producer.get(t)
+                        if j is not None and member[j]:
+                            group[find(i)] = find(j)
+            convs: Dict[int, List[str]] = {}
+            for i in range(len(nodes)):
+                if member[i] and kinds[i] is not None:
+                    convs.setdefault(find(i), []).append(kinds[i])
+            dropped = False
+            for i in range(len(nodes)):
+                if keep[i]:
+                    ks = convs[find(i)]
+                    if "dw" not in ks or len(ks) < 2:
+                        keep[i] = False
+                        dropped = True
+            if not dropped:
+                break
+        if not any(member):
+            return fused, set()
+        readers: Dict[str, List[int]] = {}
+        for i, node in enumerate(nodes):
+            for t in node.inputs:
+                readers.setdefault(t, []).append(i)
+        # a convolution with vectors along output channels whose output only
+        # members read writes it channel-blocked itself (no to_c16 step)
+        writes = [False] * len(nodes)
+        for i, node in enumerate(nodes):
+            t = node.outputs[0]
+            if (not member[i] and node.op == "conv2d" and node.attrs["groups"] == 1
+                    and node.attrs.get("activation", "none") in _C16_ACTS
+                    and t != g.outputs[0] and readers.get(t)
+                    and all(member[j] for j in readers[t]) and self._rows_variant(node)):
+                writes[i] = True
+                made.add(t)
+        c16 = set()
+        out = []
+        for i, (node, names) in enumerate(fused):
+            if writes[i]:
+                t = node.outputs[0]
+                out.append((replace(node, outputs=[t + "#c16"]), names))
+                self._shapes[t + "#c16"] = self._shapes[t]
+                c16.add(t + "#c16")
+                continue
+            if not member[i]:
+                out.append((node, names))
+                continue
+            for t in node.inputs:
+                if t not in made and t + "#c16" not in c16:
+                    name = f"[to c16] {t}"
+                    out.append((Node("to_c16", name, [t], [t + "#c16"]), [name]))
+                    self._shapes[t + "#c16"] = self._shapes[t]
+                    c16.add(t + "#c16")
+            t = node.outputs[0]
+            out.append((replace(node, inputs=[u + "#c16" for u in node.inputs],
+                                outputs=[t + "#c16"]), names))
+            self._shapes[t + "#c16"] = self._shapes[t]
+            c16.add(t + "#c16")
+            if t == g.outputs[0] or any(not member[j] for j in readers.get(t, [])):
+                name = f"[from c16] {t}"
+                out.append((Node("from_c16", name, [t + "#c16"], [t]), [name]))
+        return out, c16
 
     def _tail_start(self, nodes, described):
         """Where the batched tail of the graph starts: (node index, its input tensor).
@@ -555,8 +715,8 @@ class Model:
             if described[i] is not None:
                 d, need = described[i][0], described[i][1]
                 weights = sum(d[k].nbytes for k in ("w", "w2") if d.get(k) is not None)
-                acts = (sum(prod(shapes[t]) for t in nodes[i].inputs)
-                        + prod(shapes[nodes[i].outputs[0]]))
+                acts = (sum(self._size(t) for t in nodes[i].inputs)
+                        + self._size(nodes[i].outputs[0]))
                 gain[i] += weights - 4 * (acts + need)
         best, best_gain = n, TAIL_MIN_GAIN
         for s in range(1, n):
@@ -587,7 +747,7 @@ class Model:
 
         storage: Dict[str, _Storage] = {}
         arena = _Arena()
-        storage[inp] = _Storage(prod(shapes[inp]), last_use[inp])
+        storage[inp] = _Storage(self._size(inp), last_use[inp])
         storage[inp].offset = in_off = arena.alloc(storage[inp].size)
 
         steps = []
@@ -603,7 +763,7 @@ class Model:
                 src.last = max(src.last, last_use[t_out])
                 storage[t_out] = src
             else:
-                st = _Storage(prod(shapes[t_out]), last_use[t_out])
+                st = _Storage(self._size(t_out), last_use[t_out])
                 st.offset = arena.alloc(st.size)
                 storage[t_out] = st
             if node.op != "flatten":
@@ -636,7 +796,11 @@ class Model:
         in_shape = shapes[node.inputs[0]]
         out_shape = shapes[node.outputs[0]]
         d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
-             "in_size": prod(in_shape), "out_size": prod(out_shape)}
+             "in_size": self._size(node.inputs[0]), "out_size": self._size(node.outputs[0])}
+        if node.op in ("to_c16", "from_c16"):
+            d["C"], d["H"], d["W"] = in_shape
+            d["work"] = prod(in_shape)
+            return d, 0, 0
         # arithmetic per sample, for the choice of one thread or many
         macs = OPS[node.op].macs(a, [shapes[t] for t in node.inputs], out_shape)
         window = prod(a["kernel"]) if "kernel" in a else 1
@@ -659,7 +823,20 @@ class Model:
             d["w"] = w["weight"]
             d["b"] = w.get("bias")
             g = a["groups"]
-            if C == g:
+            if node.inputs[0] in self._c16:
+                self._c16_step(d, node)
+                if g == 1:
+                    thread_need = ROWS_TILE_FLOATS
+            elif node.outputs[0] in self._c16:
+                # vectors along output channels, tiles stored channel-blocked
+                d["flag"] = 5
+                d["variant"] = "rows"
+                d["w"] = pack_conv_weights_t(w["weight"], 1)
+                d["b2"] = panel_biases(w.get("bias"), K)
+                d.update(rows_input(a, C, H, W))
+                need = d["gimage"]
+                thread_need = ROWS_TILE_FLOATS
+            elif C == g:
                 d["op"] = "depthwise2d"
                 if a["stride"] in ((1, 1), (2, 2)):
                     thread_need = _engine.dwconv_plane_work(
@@ -667,16 +844,7 @@ class Model:
                         d["pr"], H2)
                 if K == C and dw16_wins(a, W2):
                     # 16 channels at a time (used where the ISA has that kernel)
-                    kk = d["kh"] * d["kw"]
-                    groups16 = -(-K // 16)
-                    w16 = np.zeros((groups16 * 16, kk), np.float32)
-                    w16[:K] = w["weight"].reshape(K, kk)
-                    d["w2"] = np.ascontiguousarray(
-                        w16.reshape(groups16, 16, kk).transpose(0, 2, 1))
-                    b16 = np.zeros(groups16 * 16, np.float32)
-                    if w.get("bias") is not None:
-                        b16[:K] = w["bias"]
-                    d["b2"] = b16
+                    d["w2"], d["b2"] = depthwise_weights16(w["weight"], w.get("bias"))
                     thread_need = max(thread_need, _engine.dw16_work(
                         W, d["kh"], d["sh"], d["dh"], d["pl"], d["pr"], H2, W2))
             elif winograd_eligible(a, C, K, H2, W2):
@@ -762,6 +930,23 @@ class Model:
         return d, need, thread_need
 
     # ------------------------------------------------------------- running
+    def _c16_step(self, d, node):
+        """The step fields of a channel-blocked depthwise or pointwise convolution."""
+        w = node.weights
+        K = d["K"]
+        if self._c16_kind(node) == "dw":
+            d["op"] = "depthwise_c16"
+            d["w2"], d["b2"] = depthwise_weights16(w["weight"], w.get("bias"))
+            return
+        C, HW = d["C"], d["H"] * d["W"]
+        d["flag"] = 4
+        d["variant"] = "c16"
+        d["w"] = pack_conv_weights_t(w["weight"], 1)
+        d["b2"] = panel_biases(w.get("bias"), K)
+        # tap q (input channel q) of a position: block q // 16, lane q % 16
+        q = np.arange(C)
+        d["toff"] = ((q // 16) * HW * 16 + q % 16).astype(np.intp)
+
     def _prepare(self, x) -> np.ndarray:
         """The input as a C-contiguous float32 batch, or ValueError.
 
@@ -869,6 +1054,9 @@ class Model:
         finally:
             self._give_arena(arena)
         ops = {node.name: node.op for node in self.graph.nodes}
+        for names in self._step_nodes:  # the plan's own steps (layout reorders)
+            for nm in names:
+                ops.setdefault(nm, "reorder")
         total = float(seconds.sum()) or 1.0
         rows = [{"name": "+".join(names), "op": "+".join(ops[nm] for nm in names),
                  "ms": 1e3 * sec / repeats, "share": sec / total}

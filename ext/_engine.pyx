@@ -124,6 +124,32 @@ DEF KC = 256
 cdef cnnrt_gemm_config _gemm = cnnrt_gemm_select(cnnrt_isa_best())
 cdef cnnrt_store_t_fn _store_t = cnnrt_store_t_select(cnnrt_isa_best())
 
+cdef extern from "f32_c16.h":
+    ctypedef void (*cnnrt_to_c16_fn)(const float* x, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t cb,
+                                     Py_ssize_t p0, Py_ssize_t p1, float* y) noexcept nogil
+    ctypedef void (*cnnrt_from_c16_fn)(const float* x, Py_ssize_t C, Py_ssize_t HW,
+                                       Py_ssize_t cb, Py_ssize_t p0, Py_ssize_t p1,
+                                       float* y) noexcept nogil
+    ctypedef void (*cnnrt_dw_c16_row_fn)(const float* x, Py_ssize_t H, Py_ssize_t W,
+                                         const float* w16, const float* b16, Py_ssize_t kh,
+                                         Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt,
+                                         Py_ssize_t pl, Py_ssize_t oy, Py_ssize_t W2, int act,
+                                         float* orow) noexcept nogil
+    ctypedef void (*cnnrt_store_c16_fn)(const float* c, size_t mr, const float* bias, int act,
+                                        float* y0, float* y1) noexcept nogil
+    ctypedef struct cnnrt_c16_config:
+        cnnrt_to_c16_fn to_c16
+        cnnrt_from_c16_fn from_c16
+        cnnrt_dw_c16_row_fn dw_row
+        cnnrt_store_c16_fn store
+    cnnrt_c16_config cnnrt_c16_select(int isa) nogil
+
+
+cdef cnnrt_c16_config _c16 = cnnrt_c16_select(cnnrt_isa_best())
+
+DEF C16_CHUNK = 1024  # positions per reorder task
+
 # Steps with less arithmetic than this (multiply-adds, about) run on one thread.
 cdef Py_ssize_t _parallel_min_work = 1 << 14
 
@@ -772,13 +798,16 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef const float* base
     cdef Py_ssize_t per_image = s.H2 * per_row
     cdef Py_ssize_t r_end, last
+    cdef Py_ssize_t n_ob = (s.K + 15) // 16
+    cdef float* out
+    cdef cnnrt_store_c16_fn store_c16 = _c16.store
     if r1 > n_runs:
         r1 = n_runs
     if nr > CNNRT_NR:
         nr = CNNRT_NR
     # the output lines this task will store, fetched while it computes
     r = r0
-    while r < r1:
+    while r < r1 and s.flag == 3:
         n = r // per_image
         r_end = (n + 1) * per_image if (n + 1) * per_image < r1 else r1
         rest = r - n * per_image
@@ -796,6 +825,13 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
             ukernel(kc, base, s.toff + q0, s.sw, mr, wb + q0 * CNNRT_NR,
                     tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
         q0 += kc
+    if s.flag == 5:  # channel-blocked output (see f32_c16.h)
+        for r in range(r0, r1):
+            mr = run_at(s, r, per_row, &n, &oy, &ox0)
+            out = y + (n * n_ob + 2 * kb) * P * 16 + (oy * s.W2 + ox0) * 16
+            store_c16(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, s.b2 + k0, s.act,
+                      out, out + P * 16 if 2 * kb + 1 < n_ob else NULL)
+        return
     for r in range(r0, r1):
         mr = run_at(s, r, per_row, &n, &oy, &ox0)
         store_t(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, nr,
@@ -838,8 +874,11 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     if s.flag == 2:  # input read in place
         conv2d_direct(s, x, y, work, scratch, N, n_threads)
         return
-    if s.flag == 3:  # vectors along output channels, input read in place
+    if s.flag == 3 or s.flag == 5:  # vectors along output channels, input read in place
         conv2d_rows(s, x, y, work, scratch, N, n_threads)
+        return
+    if s.flag == 4:  # pointwise, channel-blocked input and output
+        conv2d_pw_c16(s, x, y, scratch, N, n_threads)
         return
     if s.flag:  # transposed orientation
         n_cb = (P + CNNRT_MR - 1) // CNNRT_MR
@@ -888,6 +927,120 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
     for t in prange(n_tasks, schedule="static", num_threads=n_threads):
         conv_task(s, x, phases, y, scratch + threadid() * s.tstride, ukernel,
                   t, n_cb, n_kchunks, per_chunk, MACRO)
+
+
+# ==========================================================================
+# Channel-blocked (c16) chains of depthwise and pointwise layers (ext/f32_c16.h)
+# ==========================================================================
+
+
+
+cdef void reorder_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
+                      int n_threads) noexcept nogil:
+    """Planes into channel blocks (OP_TO_C16) or back (OP_FROM_C16)."""
+    cdef cnnrt_to_c16_fn to_fn = _c16.to_c16
+    cdef cnnrt_from_c16_fn from_fn = _c16.from_c16
+    cdef Py_ssize_t HW = s.H * s.W
+    cdef Py_ssize_t n_cb = (s.C + 15) // 16
+    cdef Py_ssize_t n_pc = (HW + C16_CHUNK - 1) // C16_CHUNK
+    cdef Py_ssize_t planes = s.C * HW
+    cdef Py_ssize_t blocked = n_cb * 16 * HW
+    cdef Py_ssize_t t, n, cb, p0, p1
+    for t in prange(N * n_cb * n_pc, schedule="static", num_threads=n_threads):
+        n = t // (n_cb * n_pc)
+        cb = (t // n_pc) % n_cb
+        p0 = (t % n_pc) * C16_CHUNK
+        p1 = span(HW - p0, C16_CHUNK) + p0
+        if s.op == OP_TO_C16:
+            to_fn(x + n * planes, s.C, HW, cb, p0, p1, y + n * blocked)
+        else:
+            from_fn(x + n * blocked, s.C, HW, cb, p0, p1, y + n * planes)
+
+
+cdef inline bint c16_few_runs(Py_ssize_t HW, Py_ssize_t N, int n_threads) noexcept nogil:
+    """Whether maps of HW positions give too few blocks of runs to split by position."""
+    return (N * ((HW + CNNRT_MR - 1) // CNNRT_MR) + ROWS_BLOCK - 1) // ROWS_BLOCK < 4 * n_threads
+
+
+cdef void depthwise_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
+                        int n_threads) noexcept nogil:
+    """Depthwise convolution (one input channel per output channel), c16 in
+    and out: one task per output row of a channel block."""
+    cdef cnnrt_dw_c16_row_fn row_fn = _c16.dw_row
+    cdef Py_ssize_t n_cb = (s.C + 15) // 16
+    cdef Py_ssize_t in_block = s.H * s.W * 16
+    cdef Py_ssize_t out_block = s.H2 * s.W2 * 16
+    # as the pointwise layers split (see conv2d_pw_c16): by channel blocks
+    # where the maps are small, else by rows of every block
+    cdef bint by_block = c16_few_runs(s.H * s.W, N, n_threads)
+    cdef Py_ssize_t t, nb, oy, cb, rest
+    for t in prange(N * n_cb * s.H2, schedule="static", num_threads=n_threads):
+        if by_block:
+            nb = t // s.H2  # image * n_cb + channel block
+            oy = t - nb * s.H2
+        else:
+            rest = t % (s.H2 * n_cb)
+            oy = rest // n_cb
+            nb = t // (s.H2 * n_cb) * n_cb + rest % n_cb
+        cb = nb % n_cb
+        row_fn(x + nb * in_block, s.H, s.W, s.w2 + cb * s.kh * s.kw * 16, s.b2 + cb * 16,
+               s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl, oy, s.W2, s.act,
+               y + nb * out_block + oy * s.W2 * 16)
+
+
+cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
+                      cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_c16_fn store,
+                      Py_ssize_t kb, Py_ssize_t block, Py_ssize_t n_runs) noexcept nogil:
+    """Up to ROWS_BLOCK runs of 8 positions against one 32-channel weight
+    panel; the taps of a position are its channels, 16 floats apart within a
+    block (toff), and neighbouring positions 16 floats apart."""
+    cdef Py_ssize_t HW = s.H * s.W
+    cdef Py_ssize_t per_image = (HW + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t in_image = (s.C + 15) // 16 * 16 * HW
+    cdef Py_ssize_t n_ob = (s.K + 15) // 16
+    cdef Py_ssize_t r0 = block * ROWS_BLOCK
+    cdef Py_ssize_t r1 = r0 + ROWS_BLOCK
+    cdef const float* wb = s.w + kb * s.C * CNNRT_NR
+    cdef Py_ssize_t q0 = 0, kc, r, n, p0
+    cdef float* out
+    if r1 > n_runs:
+        r1 = n_runs
+    while q0 < s.C:
+        kc = span(s.C - q0, KC)
+        for r in range(r0, r1):
+            n = r // per_image
+            p0 = (r - n * per_image) * CNNRT_MR
+            ukernel(kc, x + n * in_image + p0 * 16, s.toff + q0, 16, span(HW - p0, CNNRT_MR),
+                    wb + q0 * CNNRT_NR, tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
+        q0 += kc
+    for r in range(r0, r1):
+        n = r // per_image
+        p0 = (r - n * per_image) * CNNRT_MR
+        out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
+        store(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, span(HW - p0, CNNRT_MR),
+              s.b2 + kb * CNNRT_NR, s.act, out, out + HW * 16 if 2 * kb + 1 < n_ob else NULL)
+
+
+cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
+                        Py_ssize_t N, int n_threads) noexcept nogil:
+    """1x1 stride-1 convolution (one group), c16 in and out."""
+    cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows
+    cdef cnnrt_store_c16_fn store = _c16.store
+    cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t n_runs = N * ((s.H * s.W + CNNRT_MR - 1) // CNNRT_MR)
+    cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
+    # few blocks of runs: the threads split the weight panels (each reads
+    # half the weights), else the blocks (each thread's tasks go through
+    # every panel for one block of runs, which stays in cache)
+    cdef bint by_panel = c16_few_runs(s.H * s.W, N, n_threads) and n_kb >= n_threads
+    cdef Py_ssize_t t
+    for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
+        if by_panel:
+            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store,
+                        t // n_blocks, t % n_blocks, n_runs)
+        else:
+            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store,
+                        t % n_kb, t // n_kb, n_runs)
 
 
 # ==========================================================================
@@ -1468,6 +1621,10 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
         add_f32(s, arena, y, N, n_threads)
     elif s.op == OP_CONCAT:
         concat_f32(s, arena, y, N, n_threads)
+    elif s.op == OP_TO_C16 or s.op == OP_FROM_C16:
+        reorder_c16(s, x, y, N, n_threads)
+    elif s.op == OP_DEPTHWISE_C16:
+        depthwise_c16(s, x, y, N, n_threads)
     else:
         unary_f32(s, x, y, N, n_threads)
 
@@ -1558,6 +1715,9 @@ _OPCODES = {
     "add": OP_ADD,
     "concat": OP_CONCAT,
     "winograd3x3": OP_WINOGRAD3X3,
+    "to_c16": OP_TO_C16,
+    "from_c16": OP_FROM_C16,
+    "depthwise_c16": OP_DEPTHWISE_C16,
 }
 KERNELS = tuple(_OPCODES)
 
@@ -1905,7 +2065,7 @@ def isa_supported(str name):
 
 def set_isa(str name):
     """Select the micro-kernel variant used from now on (process-wide)."""
-    global _gemm, _store_t, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino, _dw16
+    global _gemm, _store_t, _dwconv_row, _dwconv_plane, _dwconv_plane2, _rows, _wino, _dw16, _c16
     if not isa_supported(name):
         raise ValueError(f"this CPU cannot run the {name} kernels")
     _gemm = cnnrt_gemm_select(_ISA_CODES[name])
@@ -1916,6 +2076,7 @@ def set_isa(str name):
     _dw16 = cnnrt_dw16_select(_ISA_CODES[name])
     _rows = cnnrt_rows_select(_ISA_CODES[name])
     _wino = cnnrt_wino_select(_ISA_CODES[name])
+    _c16 = cnnrt_c16_select(_ISA_CODES[name])
 
 
 def get_isa():

@@ -29,6 +29,9 @@ cdef enum OpCode:
     OP_ADD
     OP_CONCAT
     OP_WINOGRAD3X3
+    OP_TO_C16
+    OP_FROM_C16
+    OP_DEPTHWISE_C16
 
 # ------------------------------------------------------- fused activations
 cdef enum Activation:
@@ -70,4 +73,5 @@ ctypedef struct Step:
     const float* w                # weights (or batchnorm scale)
     const float* b                # bias (or batchnorm shift); NULL if none
     const float* w2               # depthwise: weights as [K/16][kh*kw][16] (NULL: none)
-    const float* b2               # depthwise: biases as [K/16][16], zeros if none
+    const float* b2               # depthwise: biases as [K/16][16], zeros if none;
+                                  # c16 pointwise: biases of every 32-wide panel

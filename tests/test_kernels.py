@@ -370,3 +370,127 @@ def test_conv_rows_random(c, k, h, w, kh, kw, sh, sw, dil, pads, batch, seed):
     finally:
         for name, value in saved.items():
             setattr(model_mod, name, value)
+
+
+# ------------------------------------------------ channel-blocked chains
+
+def c16_graph(c, h, w, specs, seed=0):
+    """A chain of layers from specs: ("dw", kernel, stride, pad, dil, act),
+    ("pw", out_channels, act), ("conv", out, kernel, stride, pad, act),
+    ("add", steps back), ("relu",) or ("sigmoid",); tensor t<i> is layer i's output."""
+    rng = np.random.default_rng(seed)
+    nodes, shape, prev = [], (c, h, w), "input"
+    for i, spec in enumerate(specs):
+        out = f"t{i}"
+        kind = spec[0]
+        if kind in ("dw", "pw", "conv"):
+            cin = shape[0]
+            if kind == "dw":
+                _, kernel, stride, pad, dil, act = spec
+                k, groups = cin, cin
+            elif kind == "pw":
+                _, k, act = spec
+                kernel, stride, pad, dil, groups = 1, 1, 0, 1, 1
+            else:
+                _, k, kernel, stride, pad, act = spec
+                dil, groups = 1, 1
+            pads = (pad,) * 4 if np.isscalar(pad) else tuple(pad)
+            fan = cin // groups * kernel * kernel
+            wt = (rng.standard_normal((k, cin // groups, kernel, kernel)) / np.sqrt(fan)
+                  ).astype(np.float32)
+            bias = rng.standard_normal(k).astype(np.float32)
+            nodes.append(node("conv2d", f"n{i}", [prev], out, {"weight": wt, "bias": bias},
+                              kernel=(kernel, kernel), stride=(stride, stride), padding=pads,
+                              dilation=(dil, dil), groups=groups, activation=act))
+            ho = ref.out_size(shape[1], kernel, stride, pads[0], pads[2], dil)
+            wo = ref.out_size(shape[2], kernel, stride, pads[1], pads[3], dil)
+            shape = (k, ho, wo)
+        elif kind == "add":
+            nodes.append(node("add", f"n{i}", [prev, f"t{i - spec[1]}"], out))
+        else:
+            nodes.append(node(kind, f"n{i}", [prev], out))
+        prev = out
+    nodes[-1].outputs[0] = "output"
+    return Graph(nodes, input_shape=(c, h, w))
+
+
+def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
+    m = cnnrt.Model(graph, threads=threads)
+    x = np.random.default_rng(seed).standard_normal(
+        (batch,) + tuple(graph.input_shape)).astype(np.float32)
+    got = m.predict(x)
+    want = ref.run_graph(graph, x)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()))
+    assert np.array_equal(m.predict(x, threads=1), got)
+    assert np.array_equal(m.predict(x[-1:])[0], got[-1])
+    return m
+
+
+@pytest.mark.parametrize("case", [
+    # channels that fill blocks, and channels that leave lanes of the last block padded
+    dict(c=32, h=12, w=12, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 64, "relu")]),
+    dict(c=24, h=11, w=13, specs=[("dw", 3, 2, 1, 1, "relu6"), ("pw", 40, "none")]),
+    dict(c=17, h=9, w=30, specs=[("dw", 5, 1, 2, 1, "none"), ("pw", 33, "relu6"),
+                                 ("dw", 5, 2, (2, 1, 2, 1), 1, "relu")]),
+    # dilation, kernels without the register-block path, no padding, wide rows
+    dict(c=40, h=10, w=40, specs=[("dw", 3, 1, 2, 2, "relu"), ("pw", 16, "relu"),
+                                  ("dw", 7, 1, 3, 1, "none"), ("dw", 3, 3, 0, 1, "relu")]),
+    # maps narrower than a block of eight positions, 1x1 maps
+    dict(c=48, h=3, w=5, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 96, "relu"),
+                                ("dw", 3, 2, 0, 1, "relu"), ("pw", 8, "none")]),
+    # more input channels than one block of taps (256), residual add, an
+    # element-wise layer, a tensor read inside and outside the chain
+    dict(c=272, h=6, w=7, specs=[("pw", 24, "none"), ("dw", 3, 1, 1, 1, "relu6"),
+                                 ("pw", 24, "none"), ("add", 2), ("sigmoid",),
+                                 ("dw", 3, 1, 1, 1, "none"), ("add", 2), ("relu",)]),
+    # a convolution with vectors along output channels writing the chain's input
+    dict(c=3, h=33, w=31, specs=[("conv", 32, 3, 2, 1, "relu6"), ("dw", 3, 1, 1, 1, "relu6"),
+                                 ("pw", 24, "none"), ("dw", 3, 2, 1, 1, "none")]),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_c16_chains(isa, monkeypatch, case, batch):
+    """Depthwise and pointwise chains on channel-blocked activations, every ISA."""
+    monkeypatch.setattr(model_mod, "C16", "always")
+    graph = c16_graph(case["c"], case["h"], case["w"], case["specs"])
+    m = check_graph(graph, batch=batch)
+    # one reorder in, unless a convolution writes the chain's input channel-blocked
+    assert m._plan_ops.count("to_c16") == (case["specs"][0][0] != "conv")
+    assert "from_c16" in m._plan_ops
+    assert m._plan_ops.count("depthwise_c16") == sum(s[0] == "dw" for s in case["specs"])
+    assert m._plan_variants.count("c16") == sum(s[0] == "pw" for s in case["specs"])
+    if case["specs"][0][0] == "conv":  # written channel-blocked, not reordered
+        assert m._plan_ops[0] == "conv2d" and "to_c16" not in m._plan_ops
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_c16_profile_names_reorders(monkeypatch, threads):
+    monkeypatch.setattr(model_mod, "C16", "always")
+    graph = c16_graph(16, 8, 8, [("dw", 3, 1, 1, 1, "relu"), ("pw", 16, "relu")])
+    m = cnnrt.Model(graph, threads=threads)
+    rows = m.profile(np.ones((1, 16, 8, 8), np.float32), repeats=2)
+    names = {r["name"]: r["op"] for r in rows}
+    assert names["[to c16] input"] == "reorder"
+    assert names["[from c16] output"] == "reorder"
+    assert names["n0"] == "conv2d" and names["n1"] == "conv2d"
+
+
+def test_c16_chosen_for_depthwise_chains(monkeypatch):
+    """"auto": chains with a depthwise layer and two convolutions, on AVX-512 only."""
+    chain = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "relu"), ("pw", 32, "relu")])
+    lone_dw = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "relu")])
+    pointwise = c16_graph(32, 10, 10, [("pw", 32, "relu"), ("pw", 32, "relu")])
+    sigmoid_act = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "sigmoid"), ("pw", 32, "relu")])
+    before = _engine.get_isa()
+    try:
+        for isa in ISAS:
+            _engine.set_isa(isa)
+            ops = cnnrt.Model(chain)._plan_ops
+            assert ("depthwise_c16" in ops) == (isa == "avx512"), (isa, ops)
+            for g in (lone_dw, pointwise, sigmoid_act):
+                ops = cnnrt.Model(g)._plan_ops
+                assert "to_c16" not in ops and "depthwise_c16" not in ops, ops
+            monkeypatch.setattr(model_mod, "C16", "never")
+            assert "depthwise_c16" not in cnnrt.Model(chain)._plan_ops
+            monkeypatch.setattr(model_mod, "C16", "auto")
+    finally:
+        _engine.set_isa(before)

@@ -1,0 +1,327 @@
+/*
+ * f32 kernels for channel-blocked activations (c16) in cnnrt.
+ *
+ * A c16 tensor holds one image as [ceil(C/16)][H][W][16]: each position's
+ * 16 channels of a block are one vector, and the lanes past the last channel
+ * hold zeros.  Chains of depthwise and pointwise convolutions run on this
+ * layout (see docs/design.md): a depthwise tap is one vector multiply-add
+ * for 16 channels with no shuffles or masks, and a pointwise convolution
+ * reads its input in place and stores whole vectors.  The chain's input is
+ * reordered into c16 once and its output back to planes once.
+ *
+ * Every output gets the same operations in the same order whatever the
+ * thread count: depthwise, the bias then the taps in (ky, kx) order, then
+ * the activation.  The scalar versions run where AVX-512 is not selected.
+ */
+#ifndef CNNRT_F32_C16_H
+#define CNNRT_F32_C16_H
+
+#include <stddef.h>
+#include <string.h>
+#include "f32_gemm.h"
+
+#define CNNRT_C16 16
+
+/* ------------------------------------------------------------ reorders */
+
+/* Positions p0 .. p1-1 of channel block cb of one image: planes x (C
+ * channels of HW positions) into y (the image in c16), pad lanes zeroed. */
+typedef void (*cnnrt_to_c16_fn)(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                                ptrdiff_t p0, ptrdiff_t p1, float *y);
+/* The reverse: c16 image x into planes y (only the C real channels). */
+typedef void (*cnnrt_from_c16_fn)(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                                  ptrdiff_t p0, ptrdiff_t p1, float *y);
+
+static void f32_to_c16__scalar(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                               ptrdiff_t p0, ptrdiff_t p1, float *y)
+{
+    const ptrdiff_t c0 = cb * CNNRT_C16;
+    float *yb = y + c0 * HW;
+    ptrdiff_t p, j;
+    for (p = p0; p < p1; p++)
+        for (j = 0; j < CNNRT_C16; j++)
+            yb[p * CNNRT_C16 + j] = c0 + j < C ? x[(c0 + j) * HW + p] : 0.0f;
+}
+
+static void f32_from_c16__scalar(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                                 ptrdiff_t p0, ptrdiff_t p1, float *y)
+{
+    const ptrdiff_t c0 = cb * CNNRT_C16;
+    const float *xb = x + c0 * HW;
+    ptrdiff_t p, j;
+    for (j = 0; j < CNNRT_C16 && c0 + j < C; j++)
+        for (p = p0; p < p1; p++)
+            y[(c0 + j) * HW + p] = xb[p * CNNRT_C16 + j];
+}
+
+#ifdef CNNRT_X86
+/* 16 positions at a time through a 16x16 register transpose. */
+__attribute__((target("avx512f")))
+static void f32_to_c16__avx512(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                               ptrdiff_t p0, ptrdiff_t p1, float *y)
+{
+    const ptrdiff_t c0 = cb * CNNRT_C16;
+    const ptrdiff_t nc = C - c0 < CNNRT_C16 ? C - c0 : CNNRT_C16;
+    float *yb = y + c0 * HW;
+    ptrdiff_t p, j;
+    for (p = p0; p < p1; p += 16) {
+        const ptrdiff_t n = p1 - p < 16 ? p1 - p : 16;
+        const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        __m512 r[16];
+        for (j = 0; j < 16; j++)
+            r[j] = j < nc ? _mm512_maskz_loadu_ps(m, x + (c0 + j) * HW + p) : _mm512_setzero_ps();
+        cnnrt_transpose16_avx512(r);
+        for (j = 0; j < n; j++)
+            _mm512_storeu_ps(yb + (p + j) * CNNRT_C16, r[j]);
+    }
+}
+
+__attribute__((target("avx512f")))
+static void f32_from_c16__avx512(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdiff_t cb,
+                                 ptrdiff_t p0, ptrdiff_t p1, float *y)
+{
+    const ptrdiff_t c0 = cb * CNNRT_C16;
+    const ptrdiff_t nc = C - c0 < CNNRT_C16 ? C - c0 : CNNRT_C16;
+    const float *xb = x + c0 * HW;
+    ptrdiff_t p, j;
+    for (p = p0; p < p1; p += 16) {
+        const ptrdiff_t n = p1 - p < 16 ? p1 - p : 16;
+        const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        __m512 r[16];
+        for (j = 0; j < 16; j++)
+            r[j] = j < n ? _mm512_loadu_ps(xb + (p + j) * CNNRT_C16) : _mm512_setzero_ps();
+        cnnrt_transpose16_avx512(r);
+        for (j = 0; j < nc; j++)
+            _mm512_mask_storeu_ps(y + (c0 + j) * HW + p, m, r[j]);
+    }
+}
+#endif
+
+/* ----------------------------------------------------------- depthwise */
+
+/* One output row oy of one channel block: x the block's input [H][W][16],
+ * w16 its taps [kh*kw][16], b16 its biases [16], orow the row [W2][16].
+ * Taps outside the image are skipped (the zero padding adds nothing). */
+typedef void (*cnnrt_dw_c16_row_fn)(const float *x, ptrdiff_t H, ptrdiff_t W, const float *w16,
+                                    const float *b16, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                    ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt,
+                                    ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, int act,
+                                    float *orow);
+
+static inline float cnnrt_c16_act_scalar(float v, int act)
+{
+    if (act == CNNRT_ACT_RELU || act == CNNRT_ACT_RELU6)
+        v = v > 0.0f ? v : 0.0f;
+    if (act == CNNRT_ACT_RELU6)
+        v = v < 6.0f ? v : 6.0f;
+    return v;
+}
+
+static void f32_dw_c16_row__scalar(const float *x, ptrdiff_t H, ptrdiff_t W, const float *w16,
+                                   const float *b16, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                   ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt,
+                                   ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, int act, float *orow)
+{
+    ptrdiff_t ox, ky, kx, j;
+    for (ox = 0; ox < W2; ox++) {
+        float acc[CNNRT_C16];
+        for (j = 0; j < CNNRT_C16; j++)
+            acc[j] = b16[j];
+        for (ky = 0; ky < kh; ky++) {
+            const ptrdiff_t iy = oy * sh - pt + ky * dh;
+            if (iy < 0 || iy >= H)
+                continue;
+            for (kx = 0; kx < kw; kx++) {
+                const ptrdiff_t ix = ox * sw - pl + kx * dw;
+                const float *v = x + (iy * W + ix) * CNNRT_C16;
+                const float *wv = w16 + (ky * kw + kx) * CNNRT_C16;
+                if (ix < 0 || ix >= W)
+                    continue;
+                for (j = 0; j < CNNRT_C16; j++)
+                    acc[j] += wv[j] * v[j];
+            }
+        }
+        for (j = 0; j < CNNRT_C16; j++)
+            orow[ox * CNNRT_C16 + j] = cnnrt_c16_act_scalar(acc[j], act);
+    }
+}
+
+#ifdef CNNRT_X86
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 cnnrt_c16_act_avx512(__m512 v, int act)
+{
+    if (act == CNNRT_ACT_RELU)
+        return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == CNNRT_ACT_RELU6)
+        return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0f));
+    return v;
+}
+
+/* One output position ox with every tap checked against the image. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw_c16_one_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
+                                           const float *w16, __m512 bv, ptrdiff_t kh, ptrdiff_t kw,
+                                           ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                           ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t ox,
+                                           int act, float *orow)
+{
+    __m512 acc = bv;
+    ptrdiff_t ky, kx;
+    for (ky = 0; ky < kh; ky++) {
+        const ptrdiff_t iy = oy * sh - pt + ky * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        for (kx = 0; kx < kw; kx++) {
+            const ptrdiff_t ix = ox * sw - pl + kx * dw;
+            if (ix < 0 || ix >= W)
+                continue;
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(w16 + (ky * kw + kx) * CNNRT_C16),
+                                  _mm512_loadu_ps(x + (iy * W + ix) * CNNRT_C16), acc);
+        }
+    }
+    _mm512_storeu_ps(orow + ox * CNNRT_C16, cnnrt_c16_act_avx512(acc, act));
+}
+
+/* Eight positions from ox whose taps are all inside the row, KW taps at
+ * stride S without dilation (constants where inlined with them): per tap
+ * row, the (8-1)*S+KW input vectors are loaded once and shared. */
+#define CNNRT_C16_R 8
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_dw_c16_block_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
+                                             const float *w16, __m512 bv, ptrdiff_t kh,
+                                             const ptrdiff_t KW, const ptrdiff_t S, ptrdiff_t sh,
+                                             ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t oy,
+                                             ptrdiff_t ox, int act, float *orow)
+{
+    __m512 acc[CNNRT_C16_R];
+    ptrdiff_t ky, kx, r, i;
+#pragma GCC unroll 8
+    for (r = 0; r < CNNRT_C16_R; r++)
+        acc[r] = bv;
+    for (ky = 0; ky < kh; ky++) {
+        const ptrdiff_t iy = oy * sh - pt + ky;
+        const float *src;
+        __m512 v[(CNNRT_C16_R - 1) * 2 + 7];
+        if (iy < 0 || iy >= H)
+            continue;
+        src = x + (iy * W + ox * S - pl) * CNNRT_C16;
+#pragma GCC unroll 24
+        for (i = 0; i < (CNNRT_C16_R - 1) * S + KW; i++)
+            v[i] = _mm512_loadu_ps(src + i * CNNRT_C16);
+#pragma GCC unroll 7
+        for (kx = 0; kx < KW; kx++) {
+            const __m512 wv = _mm512_loadu_ps(w16 + (ky * KW + kx) * CNNRT_C16);
+#pragma GCC unroll 8
+            for (r = 0; r < CNNRT_C16_R; r++)
+                acc[r] = _mm512_fmadd_ps(wv, v[r * S + kx], acc[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < CNNRT_C16_R; r++)
+        _mm512_storeu_ps(orow + (ox + r) * CNNRT_C16, cnnrt_c16_act_avx512(acc[r], act));
+}
+
+__attribute__((target("avx512f")))
+static void f32_dw_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, const float *w16,
+                                   const float *b16, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                   ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt,
+                                   ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, int act, float *orow)
+{
+    const __m512 bv = _mm512_loadu_ps(b16);
+    /* positions lo .. hi-1 read only columns inside the row */
+    ptrdiff_t lo = (pl + sw - 1) / sw;
+    ptrdiff_t hi = W - 1 + pl - (kw - 1) * dw < 0 ? 0 : (W - 1 + pl - (kw - 1) * dw) / sw + 1;
+    ptrdiff_t ox;
+    const int fast = dh == 1 && dw == 1 && (sw == 1 || sw == 2) && kw <= 7;
+    if (hi > W2)
+        hi = W2;
+    if (lo > hi)
+        lo = hi;
+    for (ox = 0; ox < lo; ox++)
+        cnnrt_dw_c16_one_avx512(x, H, W, w16, bv, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, act, orow);
+    if (fast) {
+        for (; ox + CNNRT_C16_R <= hi; ox += CNNRT_C16_R) {
+            if (kw == 3 && sw == 1)
+                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 3, 1, sh, pt, pl, oy, ox, act, orow);
+            else if (kw == 3)
+                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 3, 2, sh, pt, pl, oy, ox, act, orow);
+            else if (kw == 5 && sw == 1)
+                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 5, 1, sh, pt, pl, oy, ox, act, orow);
+            else if (kw == 5)
+                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 5, 2, sh, pt, pl, oy, ox, act, orow);
+            else
+                break;
+        }
+    }
+    for (; ox < W2; ox++)
+        cnnrt_dw_c16_one_avx512(x, H, W, w16, bv, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, act, orow);
+}
+#endif
+
+/* ------------------------------------------------- pointwise tile store */
+
+/* Rows r < mr of an 8x32 tile (c[r*32 + j]: position r, channel j of the
+ * panel) with bias and activation into two channel blocks: y0 (channels
+ * 0-15) and y1 (16-31; NULL when the panel has one real block), 16 floats
+ * per position. */
+typedef void (*cnnrt_store_c16_fn)(const float *c, size_t mr, const float *bias, int act,
+                                   float *y0, float *y1);
+
+static void f32_store_c16__scalar(const float *c, size_t mr, const float *bias, int act,
+                                  float *y0, float *y1)
+{
+    size_t r, j;
+    for (r = 0; r < mr; r++) {
+        for (j = 0; j < CNNRT_C16; j++)
+            y0[r * CNNRT_C16 + j] = cnnrt_c16_act_scalar(c[r * 32 + j] + bias[j], act);
+        if (y1 != NULL)
+            for (j = 0; j < CNNRT_C16; j++)
+                y1[r * CNNRT_C16 + j] = cnnrt_c16_act_scalar(c[r * 32 + 16 + j] + bias[16 + j], act);
+    }
+}
+
+#ifdef CNNRT_X86
+__attribute__((target("avx512f")))
+static void f32_store_c16__avx512(const float *c, size_t mr, const float *bias, int act,
+                                  float *y0, float *y1)
+{
+    const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+    size_t r;
+    for (r = 0; r < mr; r++) {
+        _mm512_storeu_ps(y0 + r * CNNRT_C16,
+                         cnnrt_c16_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32), b0), act));
+        if (y1 != NULL)
+            _mm512_storeu_ps(y1 + r * CNNRT_C16,
+                             cnnrt_c16_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32 + 16), b1),
+                                                  act));
+    }
+}
+#endif
+
+typedef struct {
+    cnnrt_to_c16_fn to_c16;
+    cnnrt_from_c16_fn from_c16;
+    cnnrt_dw_c16_row_fn dw_row;
+    cnnrt_store_c16_fn store;
+} cnnrt_c16_config;
+
+static cnnrt_c16_config cnnrt_c16_select(int isa)
+{
+    cnnrt_c16_config cfg;
+    cfg.to_c16 = f32_to_c16__scalar;
+    cfg.from_c16 = f32_from_c16__scalar;
+    cfg.dw_row = f32_dw_c16_row__scalar;
+    cfg.store = f32_store_c16__scalar;
+#ifdef CNNRT_X86
+    if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
+        cfg.to_c16 = f32_to_c16__avx512;
+        cfg.from_c16 = f32_from_c16__avx512;
+        cfg.dw_row = f32_dw_c16_row__avx512;
+        cfg.store = f32_store_c16__avx512;
+    }
+#endif
+    (void)isa;
+    return cfg;
+}
+
+#endif /* CNNRT_F32_C16_H */
