@@ -138,17 +138,22 @@ cdef extern from "f32_c16.h":
                                          float* orow) noexcept nogil
     ctypedef void (*cnnrt_store_c16_fn)(const float* c, size_t mr, const float* bias, int act,
                                         float* y0, float* y1) noexcept nogil
+    ctypedef void (*cnnrt_pw_c16_fn)(size_t C, const float* a, Py_ssize_t bs, const float* b,
+                                     const float* bias, int act, float* y0,
+                                     float* y1, int first, int last) noexcept nogil
     ctypedef struct cnnrt_c16_config:
         cnnrt_to_c16_fn to_c16
         cnnrt_from_c16_fn from_c16
         cnnrt_dw_c16_row_fn dw_row
         cnnrt_store_c16_fn store
+        cnnrt_pw_c16_fn pw
     cnnrt_c16_config cnnrt_c16_select(int isa) nogil
 
 
 cdef cnnrt_c16_config _c16 = cnnrt_c16_select(cnnrt_isa_best())
 
 DEF C16_CHUNK = 1024  # positions per reorder task
+DEF PW_KC = 128  # channel-blocked pointwise: input channels per pass (weights 16 KB)
 
 # Steps with less arithmetic than this (multiply-adds, about) run on one thread.
 cdef Py_ssize_t _parallel_min_work = 1 << 14
@@ -990,10 +995,12 @@ cdef void depthwise_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
 
 cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
                       cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_c16_fn store,
-                      Py_ssize_t kb, Py_ssize_t block, Py_ssize_t n_runs) noexcept nogil:
+                      cnnrt_pw_c16_fn pw, Py_ssize_t kb, Py_ssize_t block,
+                      Py_ssize_t n_runs) noexcept nogil:
     """Up to ROWS_BLOCK runs of 8 positions against one 32-channel weight
     panel; the taps of a position are its channels, 16 floats apart within a
-    block (toff), and neighbouring positions 16 floats apart."""
+    block (toff), and neighbouring positions 16 floats apart.  Whole runs go
+    through the pointwise kernel of the ISA where it has one."""
     cdef Py_ssize_t HW = s.H * s.W
     cdef Py_ssize_t per_image = (HW + CNNRT_MR - 1) // CNNRT_MR
     cdef Py_ssize_t in_image = (s.C + 15) // 16 * 16 * HW
@@ -1001,24 +1008,40 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
     cdef Py_ssize_t r0 = block * ROWS_BLOCK
     cdef Py_ssize_t r1 = r0 + ROWS_BLOCK
     cdef const float* wb = s.w + kb * s.C * CNNRT_NR
-    cdef Py_ssize_t q0 = 0, kc, r, n, p0
+    cdef Py_ssize_t q0, kc, r, n, p0, mr
+    cdef const float* a
     cdef float* out
     if r1 > n_runs:
         r1 = n_runs
-    while q0 < s.C:
-        kc = span(s.C - q0, KC)
-        for r in range(r0, r1):
-            n = r // per_image
-            p0 = (r - n * per_image) * CNNRT_MR
-            ukernel(kc, x + n * in_image + p0 * 16, s.toff + q0, 16, span(HW - p0, CNNRT_MR),
-                    wb + q0 * CNNRT_NR, tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
-        q0 += kc
+    if pw != NULL:  # 128 channels at a time, partial sums kept in the output
+        q0 = 0
+        while q0 < s.C:
+            kc = span(s.C - q0, PW_KC)
+            for r in range(r0, r1):
+                n = r // per_image
+                p0 = (r - n * per_image) * CNNRT_MR
+                if HW - p0 < CNNRT_MR:
+                    continue
+                out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
+                pw(kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * CNNRT_NR,
+                   s.b2 + kb * CNNRT_NR, s.act, out,
+                   out + HW * 16 if 2 * kb + 1 < n_ob else NULL, q0 == 0, q0 + kc >= s.C)
+            q0 += kc
     for r in range(r0, r1):
         n = r // per_image
         p0 = (r - n * per_image) * CNNRT_MR
+        mr = span(HW - p0, CNNRT_MR)
+        if pw != NULL and mr == CNNRT_MR:
+            continue
+        a = x + n * in_image + p0 * 16
         out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
-        store(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, span(HW - p0, CNNRT_MR),
-              s.b2 + kb * CNNRT_NR, s.act, out, out + HW * 16 if 2 * kb + 1 < n_ob else NULL)
+        q0 = 0
+        while q0 < s.C:
+            kc = span(s.C - q0, PW_KC)
+            ukernel(kc, a, s.toff + q0, 16, mr, wb + q0 * CNNRT_NR, tiles, q0 == 0)
+            q0 += kc
+        store(tiles, mr, s.b2 + kb * CNNRT_NR, s.act, out,
+              out + HW * 16 if 2 * kb + 1 < n_ob else NULL)
 
 
 cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
@@ -1026,6 +1049,7 @@ cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
     """1x1 stride-1 convolution (one group), c16 in and out."""
     cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows
     cdef cnnrt_store_c16_fn store = _c16.store
+    cdef cnnrt_pw_c16_fn pw = _c16.pw
     cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
     cdef Py_ssize_t n_runs = N * ((s.H * s.W + CNNRT_MR - 1) // CNNRT_MR)
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
@@ -1036,10 +1060,10 @@ cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
     cdef Py_ssize_t t
     for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
         if by_panel:
-            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store,
+            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store, pw,
                         t // n_blocks, t % n_blocks, n_runs)
         else:
-            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store,
+            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store, pw,
                         t % n_kb, t // n_kb, n_runs)
 
 

@@ -298,11 +298,93 @@ static void f32_store_c16__avx512(const float *c, size_t mr, const float *bias, 
 }
 #endif
 
+/* An 8x32 pointwise tile over C input channels, stored channel-blocked:
+ * position r's channel q is a[(q/16)*bs + r*16 + q%16] (bs: floats between
+ * channel blocks), b the packed weight panel [C][32]; y0, y1 as for the
+ * tile store.  Unless `first`, the sums start from what y0 and y1 hold (the
+ * channels before); with `last`, bias and activation are applied.  The 16
+ * channels of a block are unrolled, so each broadcast is one load at a fixed
+ * displacement from the block's base.  NULL where the ISA has none (then the
+ * row micro-kernel and the tile store run). */
+typedef void (*cnnrt_pw_c16_fn)(size_t C, const float *a, ptrdiff_t bs, const float *b,
+                                const float *bias, int act, float *y0, float *y1, int first,
+                                int last);
+
+#ifdef CNNRT_X86
+__attribute__((target("avx512f")))
+static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, const float *b,
+                                    const float *bias, int act, float *y0, float *y1,
+                                    int first, int last)
+{
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    size_t q, j;
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
+    c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
+    if (!first) {  /* the partial sums of the channels before */
+#define CNNRT_PW_LOAD(R, X0, X1)                                                \
+        X0 = _mm512_loadu_ps(y0 + R * CNNRT_C16);                               \
+        if (y1 != NULL)                                                         \
+            X1 = _mm512_loadu_ps(y1 + R * CNNRT_C16);
+        CNNRT_PW_LOAD(0, c00, c01) CNNRT_PW_LOAD(1, c10, c11) CNNRT_PW_LOAD(2, c20, c21)
+        CNNRT_PW_LOAD(3, c30, c31) CNNRT_PW_LOAD(4, c40, c41) CNNRT_PW_LOAD(5, c50, c51)
+        CNNRT_PW_LOAD(6, c60, c61) CNNRT_PW_LOAD(7, c70, c71)
+#undef CNNRT_PW_LOAD
+    }
+#define CNNRT_PW_STEP(J)                                                        \
+    {                                                                           \
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);     \
+        __m512 av;                                                              \
+        av = _mm512_set1_ps(ab[0 * 16 + (J)]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01); \
+        av = _mm512_set1_ps(ab[1 * 16 + (J)]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11); \
+        av = _mm512_set1_ps(ab[2 * 16 + (J)]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21); \
+        av = _mm512_set1_ps(ab[3 * 16 + (J)]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31); \
+        av = _mm512_set1_ps(ab[4 * 16 + (J)]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41); \
+        av = _mm512_set1_ps(ab[5 * 16 + (J)]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51); \
+        av = _mm512_set1_ps(ab[6 * 16 + (J)]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61); \
+        av = _mm512_set1_ps(ab[7 * 16 + (J)]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71); \
+        b += 32;                                                                \
+    }
+    for (q = 0; q + 16 <= C; q += 16) {
+        const float *ab = a + (q / 16) * bs;
+        CNNRT_PW_STEP(0) CNNRT_PW_STEP(1) CNNRT_PW_STEP(2) CNNRT_PW_STEP(3)
+        CNNRT_PW_STEP(4) CNNRT_PW_STEP(5) CNNRT_PW_STEP(6) CNNRT_PW_STEP(7)
+        CNNRT_PW_STEP(8) CNNRT_PW_STEP(9) CNNRT_PW_STEP(10) CNNRT_PW_STEP(11)
+        CNNRT_PW_STEP(12) CNNRT_PW_STEP(13) CNNRT_PW_STEP(14) CNNRT_PW_STEP(15)
+    }
+    if (q < C) {
+        const float *ab = a + (q / 16) * bs;
+        for (j = 0; q + j < C; j++)
+            CNNRT_PW_STEP(j)
+    }
+#undef CNNRT_PW_STEP
+    {
+        const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+        const __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
+                                 c40, c41, c50, c51, c60, c61, c70, c71};
+        size_t r;
+        for (r = 0; r < 8; r++) {
+            if (!last) {
+                _mm512_storeu_ps(y0 + r * CNNRT_C16, rows[2 * r]);
+                if (y1 != NULL)
+                    _mm512_storeu_ps(y1 + r * CNNRT_C16, rows[2 * r + 1]);
+                continue;
+            }
+            _mm512_storeu_ps(y0 + r * CNNRT_C16,
+                             cnnrt_c16_act_avx512(_mm512_add_ps(rows[2 * r], b0), act));
+            if (y1 != NULL)
+                _mm512_storeu_ps(y1 + r * CNNRT_C16,
+                                 cnnrt_c16_act_avx512(_mm512_add_ps(rows[2 * r + 1], b1), act));
+        }
+    }
+}
+#endif
+
 typedef struct {
     cnnrt_to_c16_fn to_c16;
     cnnrt_from_c16_fn from_c16;
     cnnrt_dw_c16_row_fn dw_row;
     cnnrt_store_c16_fn store;
+    cnnrt_pw_c16_fn pw;
 } cnnrt_c16_config;
 
 static cnnrt_c16_config cnnrt_c16_select(int isa)
@@ -312,12 +394,14 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
     cfg.from_c16 = f32_from_c16__scalar;
     cfg.dw_row = f32_dw_c16_row__scalar;
     cfg.store = f32_store_c16__scalar;
+    cfg.pw = NULL;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
         cfg.to_c16 = f32_to_c16__avx512;
         cfg.from_c16 = f32_from_c16__avx512;
         cfg.dw_row = f32_dw_c16_row__avx512;
         cfg.store = f32_store_c16__avx512;
+        cfg.pw = f32_pw_c16_8x32__avx512;
     }
 #endif
     (void)isa;
