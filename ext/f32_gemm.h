@@ -493,10 +493,10 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
     }
 }
 
-__attribute__((target("avx512f")))
-static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
-                                               ptrdiff_t as, size_t mr, const float *b,
-                                               float *c, int first)
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                          const ptrdiff_t as, size_t mr, const float *b,
+                                          float *c, int first)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
     const float *a0 = a, *a1, *a2, *a3, *a4, *a5, *a6, *a7;
@@ -541,6 +541,24 @@ static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const 
     _mm512_storeu_ps(c + 160, c50); _mm512_storeu_ps(c + 176, c51);
     _mm512_storeu_ps(c + 192, c60); _mm512_storeu_ps(c + 208, c61);
     _mm512_storeu_ps(c + 224, c70); _mm512_storeu_ps(c + 240, c71);
+}
+
+/* With the whole run inside the input (mr == 8) and a stride of 1, 2 or 4,
+ * the eight broadcasts of a step are one base and index at fixed
+ * displacements; otherwise eight row pointers. */
+__attribute__((target("avx512f")))
+static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+    if (mr == 8 && as == 1)
+        cnnrt_rows_8x32_avx512(kc, a, off, 1, 8, b, c, first);
+    else if (mr == 8 && as == 2)
+        cnnrt_rows_8x32_avx512(kc, a, off, 2, 8, b, c, first);
+    else if (mr == 8 && as == 4)
+        cnnrt_rows_8x32_avx512(kc, a, off, 4, 8, b, c, first);
+    else
+        cnnrt_rows_8x32_avx512(kc, a, off, as, mr, b, c, first);
 }
 
 /* The in-lane half of a transpose of n rows (n a multiple of 4): for each
