@@ -543,22 +543,32 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
     _mm512_storeu_ps(c + 224, c70); _mm512_storeu_ps(c + 240, c71);
 }
 
-/* With the whole run inside the input (mr == 8) and a stride of 1, 2 or 4,
- * the eight broadcasts of a step are one base and index at fixed
- * displacements; otherwise eight row pointers. */
+/* With a stride of 1, 2 or 4, the eight broadcasts of a step are one base
+ * and index at fixed displacements (rows past the run repeat row 0);
+ * otherwise eight row pointers. */
 __attribute__((target("avx512f")))
 static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                                ptrdiff_t as, size_t mr, const float *b,
                                                float *c, int first)
 {
-    if (mr == 8 && as == 1)
-        cnnrt_rows_8x32_avx512(kc, a, off, 1, 8, b, c, first);
-    else if (mr == 8 && as == 2)
-        cnnrt_rows_8x32_avx512(kc, a, off, 2, 8, b, c, first);
-    else if (mr == 8 && as == 4)
-        cnnrt_rows_8x32_avx512(kc, a, off, 4, 8, b, c, first);
-    else
-        cnnrt_rows_8x32_avx512(kc, a, off, as, mr, b, c, first);
+#define CNNRT_ROWS_AS(AS)                                                       \
+    switch (mr) {                                                               \
+    case 8: cnnrt_rows_8x32_avx512(kc, a, off, AS, 8, b, c, first); return;    \
+    case 7: cnnrt_rows_8x32_avx512(kc, a, off, AS, 7, b, c, first); return;    \
+    case 6: cnnrt_rows_8x32_avx512(kc, a, off, AS, 6, b, c, first); return;    \
+    case 5: cnnrt_rows_8x32_avx512(kc, a, off, AS, 5, b, c, first); return;    \
+    case 4: cnnrt_rows_8x32_avx512(kc, a, off, AS, 4, b, c, first); return;    \
+    default: break;                                                             \
+    }
+    if (as == 1) {
+        CNNRT_ROWS_AS(1)
+    } else if (as == 2) {
+        CNNRT_ROWS_AS(2)
+    } else if (as == 4) {
+        CNNRT_ROWS_AS(4)
+    }
+#undef CNNRT_ROWS_AS
+    cnnrt_rows_8x32_avx512(kc, a, off, as, mr, b, c, first);
 }
 
 /* The in-lane half of a transpose of n rows (n a multiple of 4): for each
