@@ -629,23 +629,30 @@ class Model:
                         dropped = True
             if not dropped:
                 break
-        if not any(member):
-            return fused, set()
         readers: Dict[str, List[int]] = {}
         for i, node in enumerate(nodes):
             for t in node.inputs:
                 readers.setdefault(t, []).append(i)
         # a convolution with vectors along output channels whose output only
-        # members read writes it channel-blocked itself (no to_c16 step)
+        # members or max pools read writes it channel-blocked itself (no
+        # to_c16 step); those pools then run channel-blocked too
         writes = [False] * len(nodes)
         for i, node in enumerate(nodes):
             t = node.outputs[0]
             if (not member[i] and node.op == "conv2d" and node.attrs["groups"] == 1
                     and node.attrs.get("activation", "none") in _C16_ACTS
                     and t != g.outputs[0] and readers.get(t)
-                    and all(member[j] for j in readers[t]) and self._rows_variant(node)):
+                    and all(member[j] or nodes[j].op == "maxpool2d" for j in readers[t])
+                    and self._rows_variant(node)):
                 writes[i] = True
                 made.add(t)
+        for i, node in enumerate(nodes):
+            if (not member[i] and node.op in _C16_ELEMENTWISE + ("maxpool2d",)
+                    and all(t in made for t in node.inputs)):
+                member[i] = True
+                made.add(node.outputs[0])
+        if not any(member):
+            return fused, set()
         c16 = set()
         out = []
         for i, (node, names) in enumerate(fused):
@@ -818,6 +825,8 @@ class Model:
             d["groups"] = a.get("groups", 1)
             if node.op == "avgpool2d":
                 d["flag"] = a["count_include_pad"]
+        if node.op == "maxpool2d" and node.inputs[0] in self._c16:
+            d["op"] = "maxpool_c16"
         if node.op == "conv2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]

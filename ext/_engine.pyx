@@ -141,12 +141,18 @@ cdef extern from "f32_c16.h":
     ctypedef void (*cnnrt_pw_c16_fn)(size_t C, const float* a, Py_ssize_t bs, const float* b,
                                      const float* bias, int act, float* y0,
                                      float* y1, int first, int last) noexcept nogil
+    ctypedef void (*cnnrt_maxpool_c16_row_fn)(const float* x, Py_ssize_t H, Py_ssize_t W,
+                                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                              Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                              Py_ssize_t oy, Py_ssize_t W2,
+                                              float* orow) noexcept nogil
     ctypedef struct cnnrt_c16_config:
         cnnrt_to_c16_fn to_c16
         cnnrt_from_c16_fn from_c16
         cnnrt_dw_c16_row_fn dw_row
         cnnrt_store_c16_fn store
         cnnrt_pw_c16_fn pw
+        cnnrt_maxpool_c16_row_fn maxpool_row
     cnnrt_c16_config cnnrt_c16_select(int isa) nogil
 
 
@@ -993,6 +999,23 @@ cdef void depthwise_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                y + nb * out_block + oy * s.W2 * 16)
 
 
+cdef void maxpool_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
+                      int n_threads) noexcept nogil:
+    """Max pooling, c16 in and out: output rows of every channel block."""
+    cdef cnnrt_maxpool_c16_row_fn row_fn = _c16.maxpool_row
+    cdef Py_ssize_t n_cb = (s.C + 15) // 16
+    cdef Py_ssize_t in_block = s.H * s.W * 16
+    cdef Py_ssize_t out_block = s.H2 * s.W2 * 16
+    cdef Py_ssize_t t, nb, oy, rest
+    # rows of every block: the convolutions that write a pool's input split by position
+    for t in prange(N * n_cb * s.H2, schedule="static", num_threads=n_threads):
+        rest = t % (s.H2 * n_cb)
+        oy = rest // n_cb
+        nb = t // (s.H2 * n_cb) * n_cb + rest % n_cb
+        row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2,
+               y + nb * out_block + oy * s.W2 * 16)
+
+
 cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
                       cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_c16_fn store,
                       cnnrt_pw_c16_fn pw, Py_ssize_t kb, Py_ssize_t block,
@@ -1649,6 +1672,8 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
         reorder_c16(s, x, y, N, n_threads)
     elif s.op == OP_DEPTHWISE_C16:
         depthwise_c16(s, x, y, N, n_threads)
+    elif s.op == OP_MAXPOOL_C16:
+        maxpool_c16(s, x, y, N, n_threads)
     else:
         unary_f32(s, x, y, N, n_threads)
 
@@ -1742,6 +1767,7 @@ _OPCODES = {
     "to_c16": OP_TO_C16,
     "from_c16": OP_FROM_C16,
     "depthwise_c16": OP_DEPTHWISE_C16,
+    "maxpool_c16": OP_MAXPOOL_C16,
 }
 KERNELS = tuple(_OPCODES)
 

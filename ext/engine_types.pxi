@@ -32,6 +32,7 @@ cdef enum OpCode:
     OP_TO_C16
     OP_FROM_C16
     OP_DEPTHWISE_C16
+    OP_MAXPOOL_C16
 
 # ------------------------------------------------------- fused activations
 cdef enum Activation:

@@ -16,6 +16,7 @@
 #ifndef CNNRT_F32_C16_H
 #define CNNRT_F32_C16_H
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #include "f32_gemm.h"
@@ -258,6 +259,67 @@ static void f32_dw_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, con
 }
 #endif
 
+/* ------------------------------------------------------------ max pool */
+
+/* One output row oy of one channel block: each output is the first greatest
+ * value of its window in (ky, kx) order, max(v, acc) keeping acc unless v
+ * is greater, as the plane kernels; taps outside the image never win. */
+typedef void (*cnnrt_maxpool_c16_row_fn)(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                         ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
+                                         ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, float *orow);
+
+static void f32_maxpool_c16_row__scalar(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                        ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
+                                        ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, float *orow)
+{
+    ptrdiff_t ox, ky, kx, j;
+    for (ox = 0; ox < W2; ox++) {
+        float acc[CNNRT_C16];
+        for (j = 0; j < CNNRT_C16; j++)
+            acc[j] = -INFINITY;
+        for (ky = 0; ky < kh; ky++) {
+            const ptrdiff_t iy = oy * sh - pt + ky;
+            if (iy < 0 || iy >= H)
+                continue;
+            for (kx = 0; kx < kw; kx++) {
+                const ptrdiff_t ix = ox * sw - pl + kx;
+                const float *v = x + (iy * W + ix) * CNNRT_C16;
+                if (ix < 0 || ix >= W)
+                    continue;
+                for (j = 0; j < CNNRT_C16; j++)
+                    acc[j] = v[j] > acc[j] ? v[j] : acc[j];
+            }
+        }
+        for (j = 0; j < CNNRT_C16; j++)
+            orow[ox * CNNRT_C16 + j] = acc[j];
+    }
+}
+
+#ifdef CNNRT_X86
+__attribute__((target("avx512f")))
+static void f32_maxpool_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                        ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
+                                        ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, float *orow)
+{
+    const ptrdiff_t y0 = oy * sh - pt;
+    const ptrdiff_t ylo = y0 < 0 ? 0 : y0;
+    const ptrdiff_t yhi = y0 + kh > H ? H : y0 + kh;
+    ptrdiff_t ox, iy, kx;
+    for (ox = 0; ox < W2; ox++) {
+        const ptrdiff_t x0 = ox * sw - pl;
+        const ptrdiff_t xlo = x0 < 0 ? 0 : x0;
+        const ptrdiff_t xhi = x0 + kw > W ? W : x0 + kw;
+        __m512 acc = _mm512_set1_ps(-INFINITY);
+        for (iy = ylo; iy < yhi; iy++) {
+            const float *row = x + iy * W * CNNRT_C16;
+            for (kx = xlo; kx < xhi; kx++)
+                acc = _mm512_max_ps(_mm512_loadu_ps(row + kx * CNNRT_C16), acc);
+        }
+        _mm512_storeu_ps(orow + ox * CNNRT_C16, acc);
+    }
+}
+#endif
+
 /* ------------------------------------------------- pointwise tile store */
 
 /* Rows r < mr of an 8x32 tile (c[r*32 + j]: position r, channel j of the
@@ -385,6 +447,7 @@ typedef struct {
     cnnrt_dw_c16_row_fn dw_row;
     cnnrt_store_c16_fn store;
     cnnrt_pw_c16_fn pw;
+    cnnrt_maxpool_c16_row_fn maxpool_row;
 } cnnrt_c16_config;
 
 static cnnrt_c16_config cnnrt_c16_select(int isa)
@@ -395,6 +458,7 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
     cfg.dw_row = f32_dw_c16_row__scalar;
     cfg.store = f32_store_c16__scalar;
     cfg.pw = NULL;
+    cfg.maxpool_row = f32_maxpool_c16_row__scalar;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
         cfg.to_c16 = f32_to_c16__avx512;
@@ -402,6 +466,7 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
         cfg.dw_row = f32_dw_c16_row__avx512;
         cfg.store = f32_store_c16__avx512;
         cfg.pw = f32_pw_c16_8x32__avx512;
+        cfg.maxpool_row = f32_maxpool_c16_row__avx512;
     }
 #endif
     (void)isa;

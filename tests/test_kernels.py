@@ -377,7 +377,8 @@ def test_conv_rows_random(c, k, h, w, kh, kw, sh, sw, dil, pads, batch, seed):
 def c16_graph(c, h, w, specs, seed=0):
     """A chain of layers from specs: ("dw", kernel, stride, pad, dil, act),
     ("pw", out_channels, act), ("conv", out, kernel, stride, pad, act),
-    ("add", steps back), ("relu",) or ("sigmoid",); tensor t<i> is layer i's output."""
+    ("maxpool", kernel, stride, pad), ("add", steps back), ("relu",) or
+    ("sigmoid",); tensor t<i> is layer i's output."""
     rng = np.random.default_rng(seed)
     nodes, shape, prev = [], (c, h, w), "input"
     for i, spec in enumerate(specs):
@@ -405,6 +406,13 @@ def c16_graph(c, h, w, specs, seed=0):
             ho = ref.out_size(shape[1], kernel, stride, pads[0], pads[2], dil)
             wo = ref.out_size(shape[2], kernel, stride, pads[1], pads[3], dil)
             shape = (k, ho, wo)
+        elif kind == "maxpool":
+            _, kernel, stride, pad = spec
+            pads = (pad,) * 4 if np.isscalar(pad) else tuple(pad)
+            nodes.append(node("maxpool2d", f"n{i}", [prev], out, kernel=(kernel, kernel),
+                              stride=(stride, stride), padding=pads))
+            shape = (shape[0], ref.out_size(shape[1], kernel, stride, pads[0], pads[2]),
+                     ref.out_size(shape[2], kernel, stride, pads[1], pads[3]))
         elif kind == "add":
             nodes.append(node("add", f"n{i}", [prev, f"t{i - spec[1]}"], out))
         else:
@@ -446,6 +454,11 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
     # a convolution with vectors along output channels writing the chain's input
     dict(c=3, h=33, w=31, specs=[("conv", 32, 3, 2, 1, "relu6"), ("dw", 3, 1, 1, 1, "relu6"),
                                  ("pw", 24, "none"), ("dw", 3, 2, 1, 1, "none")]),
+    # ... or a max pool's (with padding, overlapping windows, then another
+    # convolution on planes)
+    dict(c=3, h=40, w=31, specs=[("conv", 32, 5, 2, 2, "relu"), ("maxpool", 3, 2, 1),
+                                 ("conv", 8, 3, 1, 1, "none")]),
+    dict(c=3, h=47, w=47, specs=[("conv", 96, 11, 4, 0, "relu"), ("maxpool", 3, 2, 0)]),
 ])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_c16_chains(isa, monkeypatch, case, batch):
@@ -458,6 +471,7 @@ def test_c16_chains(isa, monkeypatch, case, batch):
     assert "from_c16" in m._plan_ops
     assert m._plan_ops.count("depthwise_c16") == sum(s[0] == "dw" for s in case["specs"])
     assert m._plan_variants.count("c16") == sum(s[0] == "pw" for s in case["specs"])
+    assert m._plan_ops.count("maxpool_c16") == sum(s[0] == "maxpool" for s in case["specs"])
     if case["specs"][0][0] == "conv":  # written channel-blocked, not reordered
         assert m._plan_ops[0] == "conv2d" and "to_c16" not in m._plan_ops
 
@@ -480,12 +494,16 @@ def test_c16_chosen_for_depthwise_chains(monkeypatch):
     lone_dw = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "relu")])
     pointwise = c16_graph(32, 10, 10, [("pw", 32, "relu"), ("pw", 32, "relu")])
     sigmoid_act = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "sigmoid"), ("pw", 32, "relu")])
+    conv_pool = c16_graph(3, 32, 32, [("conv", 32, 3, 1, 1, "relu"), ("maxpool", 2, 2, 0)])
     before = _engine.get_isa()
     try:
         for isa in ISAS:
             _engine.set_isa(isa)
             ops = cnnrt.Model(chain)._plan_ops
             assert ("depthwise_c16" in ops) == (isa == "avx512"), (isa, ops)
+            # the first layer stores its tiles channel-blocked for the pool after it
+            ops = cnnrt.Model(conv_pool)._plan_ops
+            assert (ops == ["conv2d", "maxpool_c16", "from_c16"]) == (isa == "avx512"), (isa, ops)
             for g in (lone_dw, pointwise, sigmoid_act):
                 ops = cnnrt.Model(g)._plan_ops
                 assert "to_c16" not in ops and "depthwise_c16" not in ops, ops
