@@ -776,6 +776,7 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
 # bias and activation, into the NCHW output.
 
 DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 KB of tiles)
+DEF ROWS_KC = 64  # taps per pass: 8 KB of weights, which stay in L1 beside the tiles
 
 
 cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, Py_ssize_t* n,
@@ -829,7 +830,7 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
                             + span(s.W2 - (last % per_row) * CNNRT_MR, CNNRT_MR))
         r = r_end
     while q0 < Q:
-        kc = span(Q - q0, KC)
+        kc = span(Q - q0, ROWS_KC)
         for r in range(r0, r1):
             mr = run_at(s, r, per_row, &n, &oy, &ox0)
             base = grid + n * image + oy * s.sh * s.gw + ox0 * s.sw

@@ -147,7 +147,10 @@ def test_gemm_conv_both_orientations(isa, gemm_path, monkeypatch, transposed, sh
     # 11x11 stride 4 (no padding: the input read in place), 7x7 stride 2
     dict(c=3, h=31, w=43, k=40, kernel=11, stride=4, act="relu"),
     dict(c=3, h=23, w=41, k=64, kernel=7, stride=2, pad=3),
-    # taps around the 256-tap block; strided 1x1; dilation; no bias
+    # taps around the 64-tap pass (63, 64, 65, 261, 300: several passes and
+    # a remainder); strided 1x1; dilation; no bias
+    dict(c=7, h=9, w=11, k=32, kernel=3, stride=2, pad=1),
+    dict(c=65, h=6, w=9, k=33, kernel=1, stride=2),
     dict(c=29, h=6, w=10, k=65, kernel=3, stride=2, pad=1),
     dict(c=300, h=7, w=9, k=40, kernel=1, stride=2),
     dict(c=64, h=8, w=8, k=36, kernel=1, stride=2, bias=False),
