@@ -8,9 +8,10 @@ between blocks: thread pools keep spinning for a while after a call, and
 alternating call by call would let one engine's spinning threads steal the
 other's cores.  A second ONNX Runtime session is timed like a third engine
 as a check of the harness: its ratio to the first should be close to 1.
-The table gives median times and their ratios, and also the ratio of the
-fastest calls ("cnnrt/ORT best"), which moves less when other work on a
-shared machine slows some blocks down.
+The table gives median times and their ratios, the ratio of the fastest
+calls ("cnnrt/ORT best"), and the median over rounds of the ratio of the
+two engines' block medians in the same round ("cnnrt/ORT paired"); the last
+two move less when other work on a shared machine slows some blocks down.
 
     python benchmarks/peers.py                 # every model, batch 1 and 16, 2 and 1 threads
     python benchmarks/peers.py --models resnet18 --batch 1 --threads 2
@@ -179,20 +180,34 @@ def randomize(model, torch, seed):
 # --------------------------------------------------------------------------
 
 def time_engines(engines, block_calls, rounds, pause):
-    """Median and fastest seconds per call of each engine, timed in alternating blocks."""
+    """Median and fastest seconds per call of each engine, timed in alternating
+    blocks, and each engine's median per block (one list per round)."""
     samples = {name: [] for name in engines}
+    blocks = {name: [] for name in engines}
     for fn in engines.values():  # warm-up
         for _ in range(3):
             fn()
     for _ in range(rounds):
         for name, fn in engines.items():
+            block = []
             for _ in range(block_calls):
                 t0 = time.perf_counter()
                 fn()
-                samples[name].append(time.perf_counter() - t0)
+                block.append(time.perf_counter() - t0)
+            samples[name] += block
+            blocks[name].append(float(np.median(block)))
             time.sleep(pause)
     return ({name: float(np.median(v)) for name, v in samples.items()},
-            {name: float(np.min(v)) for name, v in samples.items()})
+            {name: float(np.min(v)) for name, v in samples.items()},
+            blocks)
+
+
+def paired_ratio(blocks, a, b):
+    """Median over rounds of engine a's block median over engine b's in the
+    same round: blocks a second apart share the machine's slow stretches."""
+    if a not in blocks or b not in blocks:
+        return float("nan")
+    return float(np.median(np.array(blocks[a]) / np.array(blocks[b])))
 
 
 def rel_err(a, b):
@@ -244,8 +259,8 @@ def main(argv=None):
           f"onnxruntime {ort.__version__ if ort else '-'}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
     header = ("| model | batch | threads | cnnrt ms | ORT ms | torch ms | cnnrt/ORT | "
-              "cnnrt/ORT best | cnnrt/torch | ORT2/ORT | max rel. diff |")
-    rows = [header, "|" + "---|" * 11]
+              "cnnrt/ORT best | cnnrt/ORT paired | cnnrt/torch | ORT2/ORT | max rel. diff |")
+    rows = [header, "|" + "---|" * 12]
     print(rows[0])
     print(rows[1])
     worst = 0.0
@@ -295,17 +310,19 @@ def main(argv=None):
                 cm.predict(x)
                 one = max(time.perf_counter() - t0, 1e-5)
                 block = max(1, int(args.seconds / one))
-                med, best = time_engines(engines, block, args.rounds, args.pause)
+                med, best, blocks = time_engines(engines, block, args.rounds, args.pause)
                 ms = {k: 1e3 * v for k, v in med.items()}
                 r_ort = ms["cnnrt"] / ms["ort"] if "ort" in ms else float("nan")
                 r_best = best["cnnrt"] / best["ort"] if "ort" in best else float("nan")
+                r_paired = paired_ratio(blocks, "cnnrt", "ort")
                 r_torch = ms["cnnrt"] / ms["torch"]
                 r_check = ms["ort2"] / ms["ort"] if "ort2" in ms else float("nan")
                 if r_ort == r_ort:
                     worst = max(worst, r_ort)
                 row = (f"| {name} | {batch} | {threads} | {ms['cnnrt']:.2f} | "
                        f"{ms.get('ort', float('nan')):.2f} | {ms['torch']:.2f} | {r_ort:.2f} | "
-                       f"{r_best:.2f} | {r_torch:.2f} | {r_check:.2f} | {diff:.1e}{status} |")
+                       f"{r_best:.2f} | {r_paired:.2f} | {r_torch:.2f} | {r_check:.2f} | "
+                       f"{diff:.1e}{status} |")
                 rows.append(row)
                 print(row, flush=True)
     if worst:
