@@ -109,15 +109,6 @@ typedef void (*cnnrt_dw_c16_row_fn)(const float *x, ptrdiff_t H, ptrdiff_t W, co
                                     ptrdiff_t pl, ptrdiff_t oy, ptrdiff_t W2, int act,
                                     float *orow);
 
-static inline float cnnrt_c16_act_scalar(float v, int act)
-{
-    if (act == CNNRT_ACT_RELU || act == CNNRT_ACT_RELU6)
-        v = v > 0.0f ? v : 0.0f;
-    if (act == CNNRT_ACT_RELU6)
-        v = v < 6.0f ? v : 6.0f;
-    return v;
-}
-
 static void f32_dw_c16_row__scalar(const float *x, ptrdiff_t H, ptrdiff_t W, const float *w16,
                                    const float *b16, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
                                    ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt,
@@ -143,21 +134,11 @@ static void f32_dw_c16_row__scalar(const float *x, ptrdiff_t H, ptrdiff_t W, con
             }
         }
         for (j = 0; j < CNNRT_C16; j++)
-            orow[ox * CNNRT_C16 + j] = cnnrt_c16_act_scalar(acc[j], act);
+            orow[ox * CNNRT_C16 + j] = cnnrt_act_scalar(acc[j], act);
     }
 }
 
 #ifdef CNNRT_X86
-__attribute__((target("avx512f"), always_inline))
-static inline __m512 cnnrt_c16_act_avx512(__m512 v, int act)
-{
-    if (act == CNNRT_ACT_RELU)
-        return _mm512_max_ps(v, _mm512_setzero_ps());
-    if (act == CNNRT_ACT_RELU6)
-        return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0f));
-    return v;
-}
-
 /* One output position ox with every tap checked against the image. */
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_dw_c16_one_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
@@ -180,7 +161,7 @@ static inline void cnnrt_dw_c16_one_avx512(const float *x, ptrdiff_t H, ptrdiff_
                                   _mm512_loadu_ps(x + (iy * W + ix) * CNNRT_C16), acc);
         }
     }
-    _mm512_storeu_ps(orow + ox * CNNRT_C16, cnnrt_c16_act_avx512(acc, act));
+    _mm512_storeu_ps(orow + ox * CNNRT_C16, cnnrt_act_avx512(acc, act));
 }
 
 /* Eight positions from ox whose taps are all inside the row, KW taps at
@@ -219,7 +200,7 @@ static inline void cnnrt_dw_c16_block_avx512(const float *x, ptrdiff_t H, ptrdif
     }
 #pragma GCC unroll 8
     for (r = 0; r < CNNRT_C16_R; r++)
-        _mm512_storeu_ps(orow + (ox + r) * CNNRT_C16, cnnrt_c16_act_avx512(acc[r], act));
+        _mm512_storeu_ps(orow + (ox + r) * CNNRT_C16, cnnrt_act_avx512(acc[r], act));
 }
 
 __attribute__((target("avx512f")))
@@ -335,10 +316,10 @@ static void f32_store_c16__scalar(const float *c, size_t mr, const float *bias, 
     size_t r, j;
     for (r = 0; r < mr; r++) {
         for (j = 0; j < CNNRT_C16; j++)
-            y0[r * CNNRT_C16 + j] = cnnrt_c16_act_scalar(c[r * 32 + j] + bias[j], act);
+            y0[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * 32 + j] + bias[j], act);
         if (y1 != NULL)
             for (j = 0; j < CNNRT_C16; j++)
-                y1[r * CNNRT_C16 + j] = cnnrt_c16_act_scalar(c[r * 32 + 16 + j] + bias[16 + j], act);
+                y1[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * 32 + 16 + j] + bias[16 + j], act);
     }
 }
 
@@ -351,10 +332,10 @@ static void f32_store_c16__avx512(const float *c, size_t mr, const float *bias, 
     size_t r;
     for (r = 0; r < mr; r++) {
         _mm512_storeu_ps(y0 + r * CNNRT_C16,
-                         cnnrt_c16_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32), b0), act));
+                         cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32), b0), act));
         if (y1 != NULL)
             _mm512_storeu_ps(y1 + r * CNNRT_C16,
-                             cnnrt_c16_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32 + 16), b1),
+                             cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32 + 16), b1),
                                                   act));
     }
 }
@@ -432,10 +413,10 @@ static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, cons
                 continue;
             }
             _mm512_storeu_ps(y0 + r * CNNRT_C16,
-                             cnnrt_c16_act_avx512(_mm512_add_ps(rows[2 * r], b0), act));
+                             cnnrt_act_avx512(_mm512_add_ps(rows[2 * r], b0), act));
             if (y1 != NULL)
                 _mm512_storeu_ps(y1 + r * CNNRT_C16,
-                                 cnnrt_c16_act_avx512(_mm512_add_ps(rows[2 * r + 1], b1), act));
+                                 cnnrt_act_avx512(_mm512_add_ps(rows[2 * r + 1], b1), act));
         }
     }
 }
