@@ -1045,7 +1045,9 @@ class Model:
 
         Each row has ``name`` (the file's node names; nodes fused into one
         kernel are joined with ``+``), ``op``, ``ms`` (mean wall time per call)
-        and ``share`` of the total.
+        and ``share`` of the total.  Layout reorders of channel-blocked chains
+        are rows of their own, named ``[to c16] <tensor>`` and
+        ``[from c16] <tensor>``, op ``reorder``.
         """
         if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
             raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
