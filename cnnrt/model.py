@@ -577,12 +577,16 @@ class Model:
         The members are those convolutions (see _c16_kind) and the
         element-wise nodes all of whose inputs come from members; under
         "auto", connected groups of members without a depthwise layer or
-        with fewer than two convolutions are left out.  A member reads and
-        writes the tensor ``t + "#c16"``; a ``to_c16`` step makes it from t
-        before the first member reading a tensor that no member produced,
-        and a ``from_c16`` step writes t back as planes right after a member
-        whose output is read elsewhere or is the graph's output.  Returns the
-        rewritten (node, names) list and the set of channel-blocked tensors.
+        with fewer than two convolutions are left out.  A convolution on the
+        row kernels whose output only members or max pools read stores that
+        output channel-blocked itself, and the max pools (and element-wise
+        nodes) reading only channel-blocked tensors then join the members.
+        A member reads and writes the tensor ``t + "#c16"``; a ``to_c16``
+        step makes it from t before the first member reading a tensor that
+        nothing channel-blocked produced, and a ``from_c16`` step writes t
+        back as planes right after a member whose output is read elsewhere
+        or is the graph's output.  Returns the rewritten (node, names) list
+        and the set of channel-blocked tensors.
         """
         if C16 == "never" or (C16 == "auto" and get_isa() != "avx512"):
             return fused, set()

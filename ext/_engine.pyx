@@ -942,10 +942,9 @@ cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float
 
 
 # ==========================================================================
-# Channel-blocked (c16) chains of depthwise and pointwise layers (ext/f32_c16.h)
+# Channel-blocked (c16) chains of depthwise and pointwise layers (ext/f32_c16.h;
+# the kernel table and its constants are declared with the GEMM's above)
 # ==========================================================================
-
-
 
 cdef void reorder_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                       int n_threads) noexcept nogil:

@@ -3,11 +3,13 @@
  *
  * A c16 tensor holds one image as [ceil(C/16)][H][W][16]: each position's
  * 16 channels of a block are one vector, and the lanes past the last channel
- * hold zeros.  Chains of depthwise and pointwise convolutions run on this
- * layout (see docs/design.md): a depthwise tap is one vector multiply-add
- * for 16 channels with no shuffles or masks, and a pointwise convolution
- * reads its input in place and stores whole vectors.  The chain's input is
- * reordered into c16 once and its output back to planes once.
+ * hold zeros.  Chains of depthwise and pointwise convolutions, and max
+ * pools after a convolution on the row kernels, run on this layout (see
+ * docs/design.md): a depthwise tap is one vector multiply-add for 16
+ * channels with no shuffles or masks, a pointwise convolution reads its
+ * input in place and stores whole vectors, a pool takes whole-vector maxima.
+ * A chain's input is reordered into c16 once (or stored so by the
+ * convolution that makes it) and its output back to planes once.
  *
  * Every output gets the same operations in the same order whatever the
  * thread count: depthwise, the bias then the taps in (ky, kx) order, then
