@@ -574,10 +574,11 @@ class Model:
     def _c16_chains(self, fused):
         """Run chains of depthwise and pointwise convolutions channel-blocked.
 
-        The members are those convolutions (see _c16_kind) and the
-        element-wise nodes all of whose inputs come from members; under
-        "auto", connected groups of members without a depthwise layer or
-        with fewer than two convolutions are left out.  A convolution on the
+        The members are those convolutions (see _c16_kind; under "auto" only
+        those with at least 16 input channels) and the element-wise nodes all
+        of whose inputs come from members; under "auto", connected groups of
+        members without a depthwise layer or with fewer than two
+        convolutions are left out.  A convolution on the
         row kernels whose output only members or max pools read stores that
         output channel-blocked itself, and the max pools (and element-wise
         nodes) reading only channel-blocked tensors then join the members.
@@ -593,6 +594,9 @@ class Model:
         g = self.graph
         nodes = [node for node, _ in fused]
         kinds = [self._c16_kind(node) for node in nodes]
+        if C16 == "auto":  # blocks of 16 lanes for fewer channels mostly carry padding
+            kinds = [k if k is None or self._shapes[node.inputs[0]][0] >= 16 else None
+                     for k, node in zip(kinds, nodes)]
         keep = [k is not None for k in kinds]
         while True:
             member = list(keep)

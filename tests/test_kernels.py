@@ -492,12 +492,14 @@ def test_c16_profile_names_reorders(monkeypatch, threads):
 
 
 def test_c16_chosen_for_depthwise_chains(monkeypatch):
-    """"auto": chains with a depthwise layer and two convolutions, on AVX-512 only."""
+    """"auto": chains with a depthwise layer and two convolutions of 16 or
+    more input channels, on AVX-512 only."""
     chain = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "relu"), ("pw", 32, "relu")])
     lone_dw = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "relu")])
     pointwise = c16_graph(32, 10, 10, [("pw", 32, "relu"), ("pw", 32, "relu")])
     sigmoid_act = c16_graph(32, 10, 10, [("dw", 3, 1, 1, 1, "sigmoid"), ("pw", 32, "relu")])
     conv_pool = c16_graph(3, 32, 32, [("conv", 32, 3, 1, 1, "relu"), ("maxpool", 2, 2, 0)])
+    few_channels = c16_graph(8, 10, 10, [("dw", 3, 1, 1, 1, "relu"), ("pw", 8, "relu")])
     before = _engine.get_isa()
     try:
         for isa in ISAS:
@@ -507,7 +509,7 @@ def test_c16_chosen_for_depthwise_chains(monkeypatch):
             # the first layer stores its tiles channel-blocked for the pool after it
             ops = cnnrt.Model(conv_pool)._plan_ops
             assert (ops == ["conv2d", "maxpool_c16", "from_c16"]) == (isa == "avx512"), (isa, ops)
-            for g in (lone_dw, pointwise, sigmoid_act):
+            for g in (lone_dw, pointwise, sigmoid_act, few_channels):
                 ops = cnnrt.Model(g)._plan_ops
                 assert "to_c16" not in ops and "depthwise_c16" not in ops, ops
             monkeypatch.setattr(model_mod, "C16", "never")
