@@ -69,7 +69,7 @@ static void f32_to_c16__avx512(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrdif
     ptrdiff_t p, j;
     for (p = p0; p < p1; p += 16) {
         const ptrdiff_t n = p1 - p < 16 ? p1 - p : 16;
-        const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        const __mmask16 m = cnnrt_cols_mask((size_t)n, 0);
         __m512 r[16];
         for (j = 0; j < 16; j++)
             r[j] = j < nc ? _mm512_maskz_loadu_ps(m, x + (c0 + j) * HW + p) : _mm512_setzero_ps();
@@ -89,7 +89,7 @@ static void f32_from_c16__avx512(const float *x, ptrdiff_t C, ptrdiff_t HW, ptrd
     ptrdiff_t p, j;
     for (p = p0; p < p1; p += 16) {
         const ptrdiff_t n = p1 - p < 16 ? p1 - p : 16;
-        const __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        const __mmask16 m = cnnrt_cols_mask((size_t)n, 0);
         __m512 r[16];
         for (j = 0; j < 16; j++)
             r[j] = j < n ? _mm512_loadu_ps(xb + (p + j) * CNNRT_C16) : _mm512_setzero_ps();

@@ -235,7 +235,7 @@ static int f32_maxpool_plane__avx512(const float *plane, ptrdiff_t H, ptrdiff_t 
     band = (CNNRT_POOL_HROWS - kh) / sh + 1;
     for (ox0 = 0; ox0 < W2; ox0 += 16) {
         const ptrdiff_t n = W2 - ox0 < 16 ? W2 - ox0 : 16;
-        const __mmask16 omask = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+        const __mmask16 omask = cnnrt_cols_mask((size_t)n, 0);
         int full = 1;
         for (kx = 0; kx < kw; kx++) {
             const ptrdiff_t st = ox0 * sw - pl + kx;
