@@ -63,6 +63,9 @@ TAIL_CHUNK_FACTOR = 16
 # convolution; "never".
 C16 = "auto"
 _C16_ACTS = ("none", "relu", "relu6")
+# 2x2 stride-2 max pools after Winograd convolutions run inside the
+# convolution's output transform (see Model._pool_fuses): "auto" or "never".
+POOL_FUSION = "auto"
 _C16_ELEMENTWISE = ("add", "relu", "clip", "leaky_relu", "sigmoid", "tanh")
 
 if os.environ.get("CNNRT_ISA"):
@@ -369,6 +372,8 @@ def _activation_of(node) -> Optional[str]:
 
 def _merge(prev: Node, node: Node) -> Optional[Node]:
     """``prev`` with ``node`` folded into it, or None when one kernel cannot run both."""
+    if "pool" in prev.attrs:  # nothing folds in after a fused pool
+        return None
     act = _activation_of(node)
     if act is not None and prev.op in ("conv2d", "locally_connected2d", "dense", "add"):
         if prev.attrs.get("activation", "none") != "none":
@@ -482,7 +487,11 @@ class Model:
         conv2d, locally_connected2d, dense or add before it, and a batchnorm2d
         into the conv2d before it (weights and bias rescaled in double
         precision), when the tensor between them has no other reader and is
-        not the graph output.  Returns a list of (node, [original names]).
+        not the graph output.  A 2x2 stride-2 unpadded max pool is folded
+        into a convolution that runs as Winograd with no activation, ReLU
+        or ReLU6 (see _pool_fuses); the merged node then writes the pool's
+        output and keeps the convolution's in ``attrs["pool"]``.  Returns a
+        list of (node, [original names]).
         """
         g = self.graph
         readers: Dict[str, int] = {}
@@ -497,7 +506,11 @@ class Model:
             if (j is not None and len(node.inputs) == 1 and readers.get(t) == 1
                     and t != g.outputs[0]):
                 prev, names = fused[j]
-                merged = _merge(prev, node)
+                if self._pool_fuses(prev, node):
+                    merged = replace(prev, outputs=list(node.outputs),
+                                     attrs={**prev.attrs, "pool": t})
+                else:
+                    merged = _merge(prev, node)
                 if merged is not None:
                     fused[j] = (merged, names + [node.name])
                     del producer[t]
@@ -506,6 +519,27 @@ class Model:
             producer[node.outputs[0]] = len(fused)
             fused.append((node, [node.name]))
         return fused
+
+    def _pool_fuses(self, conv, pool) -> bool:
+        """Whether a max pool runs inside the Winograd output transform of ``conv``.
+
+        The pool must be 2x2, stride 2, unpadded (so each window lies in one
+        4x4 output tile) and the convolution's activation one the AVX-512
+        transform applies in its lanes (none, ReLU, ReLU6).  Under
+        POOL_FUSION "never" nothing fuses.
+        """
+        if (POOL_FUSION == "never" or pool.op != "maxpool2d" or conv.op != "conv2d"
+                or "pool" in conv.attrs
+                or conv.attrs.get("activation", "none") not in _C16_ACTS):
+            return False
+        a = pool.attrs
+        if (tuple(a["kernel"]) != (2, 2) or tuple(a["stride"]) != (2, 2)
+                or tuple(a["padding"]) != (0, 0, 0, 0)
+                or tuple(a.get("dilation", (1, 1))) != (1, 1)):
+            return False
+        C = self._shapes[conv.inputs[0]][0]
+        K, H2, W2 = self._shapes[conv.outputs[0]]
+        return H2 >= 2 and W2 >= 2 and winograd_eligible(conv.attrs, C, K, H2, W2)
 
     def _size(self, t) -> int:
         """Floats per sample of tensor t (channel-blocked ones padded to 16 channels)."""
@@ -567,6 +601,8 @@ class Model:
     def _rows_variant(self, node) -> bool:
         """Whether a one-group convolution runs with vectors along output channels."""
         a = node.attrs
+        if "pool" in a:  # runs as Winograd
+            return False
         C, H, W = self._shapes[node.inputs[0]]
         K, H2, W2 = self._shapes[node.outputs[0]]
         return not winograd_eligible(a, C, K, H2, W2) and rows_wins(a, C, K, H2, W2)
@@ -809,7 +845,8 @@ class Model:
         a = node.attrs
         w = node.weights
         in_shape = shapes[node.inputs[0]]
-        out_shape = shapes[node.outputs[0]]
+        # a convolution with a fused pool: its own output shape (the step writes the pool's)
+        out_shape = shapes[a["pool"] if "pool" in a else node.outputs[0]]
         d = {"op": node.op, "in_off": in_offs, "out_off": out_off,
              "in_size": self._size(node.inputs[0]), "out_size": self._size(node.outputs[0])}
         if node.op in ("to_c16", "from_c16"):
@@ -869,6 +906,8 @@ class Model:
                 d["w"] = pack_winograd_weights(w["weight"])
                 th, tw = -(-H2 // 4), -(-W2 // 4)
                 d["th"], d["tw"] = th, tw
+                if "pool" in a:  # writes the 2x2 stride-2 max pool of its output
+                    d["flag"] = 1
                 # per sample: padded input, V and M (tiles rounded up per batch)
                 need = C * (4 * th + 2) * (4 * tw + 2) + 36 * (th * tw + 7) * (C + K)
             elif g == 1 and rows_wins(a, C, K, H2, W2):
@@ -944,6 +983,8 @@ class Model:
             d["inner"] = prod(out_shape[ax + 1:])
             if node.op == "concat":
                 d["in_len"] = [shapes[t][ax] for t in node.inputs]
+        if "pool" in a and d["op"] != "winograd3x3":
+            raise AssertionError(f"{node.name}: a fused pool needs the Winograd kernel")
         return d, need, thread_need
 
     # ------------------------------------------------------------- running

@@ -1102,7 +1102,8 @@ cdef extern from "f32_winograd.h":
     ctypedef void (*cnnrt_wino_output_fn)(const float* m, Py_ssize_t xi_stride,
                                           Py_ssize_t k0, Py_ssize_t k1, const float* bias,
                                           int act, float* y, Py_ssize_t P, Py_ssize_t W2,
-                                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
+                                          Py_ssize_t rows, Py_ssize_t cols,
+                                          int pool) noexcept nogil
     ctypedef struct cnnrt_wino_config:
         cnnrt_wino_input_fn input
         cnnrt_wino_output_fn output
@@ -1195,9 +1196,22 @@ cdef void wino_output_task(const Step* s, const float* m, float* y, Py_ssize_t T
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t rows = s.H2 - oy
     cdef Py_ssize_t cols = s.W2 - ox
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, H3, W3
     if k1 > s.K:
         k1 = s.K
+    if s.flag == 1:  # 2x2 stride-2 max pool fused: the tile's 2x2 pooled outputs
+        H3 = s.H2 // 2
+        W3 = s.W2 // 2
+        rows = H3 - oy // 2
+        cols = W3 - ox // 2
+        if rows > 2:
+            rows = 2
+        if cols > 2:
+            cols = 2
+        if rows > 0 and cols > 0:
+            fn(m + t * s.K, Tpad * s.K, k0, k1, s.b, s.act,
+               y + n * s.K * H3 * W3 + (oy // 2) * W3 + ox // 2, H3 * W3, W3, rows, cols, 1)
+        return
     if rows > 4:
         rows = 4
     if cols > 4:
@@ -1206,12 +1220,15 @@ cdef void wino_output_task(const Step* s, const float* m, float* y, Py_ssize_t T
         for k in range(k0, k1):
             cnnrt_prefetch_rows(y + (n * s.K + k) * P + oy * s.W2, s.W2, rows, 0, s.W2)
     fn(m + t * s.K, Tpad * s.K, k0, k1, s.b, s.act,
-       y + n * s.K * P + oy * s.W2 + ox, P, s.W2, rows, cols)
+       y + n * s.K * P + oy * s.W2 + ox, P, s.W2, rows, cols, 0)
 
 
 cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
                        Py_ssize_t N, int n_threads) noexcept nogil:
-    """3x3 stride-1 convolution by Winograd F(4x4, 3x3); ``work`` is per-batch scratch."""
+    """3x3 stride-1 convolution by Winograd F(4x4, 3x3); ``work`` is per-batch scratch.
+
+    With flag 1 the output is the 2x2 stride-2 max pool of the convolution's
+    (activated) output, taken tile by tile in the output transform."""
     cdef cnnrt_wino_config wino = _wino
     cdef cnnrt_gemm_ukernel ukernel = _gemm.ukernel
     cdef Py_ssize_t T = s.th * s.tw
@@ -1230,7 +1247,8 @@ cdef void winograd_f32(const Step* s, const float* x, float* y, float* work,
     # (smaller ones stay in cache, where the prefetches only cost time)
     cdef bint v_ahead = 36 * Tpad * s.C * sizeof(float) >= WINO_PREFETCH_BYTES
     cdef bint m_ahead = 36 * Tpad * s.K * sizeof(float) >= WINO_PREFETCH_BYTES
-    cdef bint y_ahead = N * s.K * s.H2 * s.W2 * sizeof(float) >= WINO_PREFETCH_BYTES
+    cdef bint y_ahead = (s.flag == 0
+                         and N * s.K * s.H2 * s.W2 * sizeof(float) >= WINO_PREFETCH_BYTES)
     for t in prange(N * s.C, schedule="static", num_threads=n_threads):
         wino_pad_plane(s, x, xp, t)
     for t in prange(n_panels * n_cchunks, schedule="static", num_threads=n_threads):

@@ -102,11 +102,16 @@
  *   y:   output of this tile's image at channel 0, row oy0, column ox0;
  *        channel k's plane starts at y + k * P (P = H2 * W2)
  *   rows, cols: how many of the 4x4 outputs lie inside the image
+ *   pool: 1 to write the 2x2 stride-2 max pool of the (activated) tile
+ *        instead: y, P and W2 then describe the pooled output, and rows,
+ *        cols count the pooled outputs (up to 2x2) inside it.  Each is the
+ *        first greatest of its window in (ky, kx) order, max(v, acc) from
+ *        -inf, as the max pooling kernels compute it.
  */
 #define CNNRT_WINO_OUT_ARGS                                                      \
     const float *m, ptrdiff_t xi_stride, ptrdiff_t k0, ptrdiff_t k1,            \
     const float *bias, int act, float *y, ptrdiff_t P, ptrdiff_t W2,             \
-    ptrdiff_t rows, ptrdiff_t cols
+    ptrdiff_t rows, ptrdiff_t cols, int pool
 
 #define CNNRT_WINO_OUT_BODY                                                      \
     ptrdiff_t kb, kk, a, u, w;                                                   \
@@ -137,6 +142,22 @@
             }                                                                    \
         for (kk = 0; kk < kn; kk++) {                                            \
             float *dst = y + (kb + kk) * P;                                      \
+            if (pool) {                                                          \
+                for (u = 0; u < rows; u++)                                       \
+                    for (w = 0; w < cols; w++) {                                 \
+                        float acc = -INFINITY, v;                                \
+                        v = cnnrt_act_scalar(o[2 * u][2 * w][kk], act);          \
+                        acc = v > acc ? v : acc;                                 \
+                        v = cnnrt_act_scalar(o[2 * u][2 * w + 1][kk], act);      \
+                        acc = v > acc ? v : acc;                                 \
+                        v = cnnrt_act_scalar(o[2 * u + 1][2 * w][kk], act);      \
+                        acc = v > acc ? v : acc;                                 \
+                        v = cnnrt_act_scalar(o[2 * u + 1][2 * w + 1][kk], act);  \
+                        acc = v > acc ? v : acc;                                 \
+                        dst[u * W2 + w] = acc;                                   \
+                    }                                                            \
+                continue;                                                        \
+            }                                                                    \
             for (u = 0; u < rows; u++)                                           \
                 for (w = 0; w < cols; w++)                                       \
                     dst[u * W2 + w] = cnnrt_act_scalar(o[u][w][kk], act);        \
@@ -235,6 +256,26 @@ static void f32_wino4x3_output__avx512(CNNRT_WINO_OUT_ARGS)
         }
         for (j = 0; j < 16; j++)
             o[j] = cnnrt_act_avx512(o[j], act);
+        if (pool) { /* (ky, kx) order, lanes: channels; the planner fuses
+                     * only activations that act_avx512 applies itself */
+            float buf[4][16];
+            for (u = 0; u < 2; u++)
+                for (w = 0; w < 2; w++) {
+                    __m512 acc = _mm512_set1_ps(-INFINITY);
+                    acc = _mm512_max_ps(o[8 * u + 2 * w], acc);
+                    acc = _mm512_max_ps(o[8 * u + 2 * w + 1], acc);
+                    acc = _mm512_max_ps(o[8 * u + 4 + 2 * w], acc);
+                    acc = _mm512_max_ps(o[8 * u + 4 + 2 * w + 1], acc);
+                    _mm512_storeu_ps(buf[2 * u + w], acc);
+                }
+            for (j = 0; j < kn; j++) {
+                float *dst = y + (kb + j) * P;
+                for (u = 0; u < rows; u++)
+                    for (w = 0; w < cols; w++)
+                        dst[u * W2 + w] = buf[2 * u + w][j];
+            }
+            continue;
+        }
         cnnrt_transpose16_avx512(o);
         for (j = 0; j < kn; j++) {
             float *dst = y + (kb + j) * P;

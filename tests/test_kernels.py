@@ -517,3 +517,98 @@ def test_c16_chosen_for_depthwise_chains(monkeypatch):
             monkeypatch.setattr(model_mod, "C16", "auto")
     finally:
         _engine.set_isa(before)
+
+
+# ------------------------------------ max pools inside the Winograd transform
+
+@pytest.mark.parametrize("case", [
+    # maps whose height and width are multiples of 4, 2 mod 4 (a tile with
+    # one row of pooled outputs) and odd (the last row and column dropped)
+    dict(c=16, k=16, h=16, w=16, pad=1, act="relu"),
+    dict(c=17, k=33, h=10, w=14, pad=1, act="none"),
+    dict(c=24, k=70, h=9, w=11, pad=1, act="relu6"),
+    dict(c=32, k=20, h=9, w=13, pad=0, act="relu"),
+    dict(c=16, k=17, h=6, w=7, pad=(0, 1, 1, 0), act="none"),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_winograd_with_fused_maxpool(isa, monkeypatch, case, batch):
+    """A 2x2 stride-2 max pool runs in the Winograd output transform, every
+    ISA, channel counts that leave partial blocks of 16 and output-transform
+    chunks (64 channels), against the float64 reference; then a ReLU after
+    the pool stays a step of its own."""
+    monkeypatch.setattr(model_mod, "WINOGRAD_MIN_TILES", 1)
+    specs = [("conv", case["k"], 3, 1, case["pad"], case["act"]), ("maxpool", 2, 2, 0)]
+    graph = c16_graph(case["c"], case["h"], case["w"], specs)
+    m = check_graph(graph, batch=batch)
+    assert m._plan_ops == ["winograd3x3"]
+    assert m._step_nodes == [["n0", "n1"]]
+    graph = c16_graph(case["c"], case["h"], case["w"], specs + [("relu",)])
+    m = check_graph(graph, batch=batch)
+    assert m._plan_ops == ["winograd3x3", "relu"]
+
+
+def test_fused_maxpool_keeps_the_unfused_bits(isa, monkeypatch):
+    """Ties, and values that overflow to infinities and NaN inside the
+    transforms: the fused pool returns exactly the bits of the convolution
+    followed by the pooling kernel (which keeps the first greatest value of
+    a window and skips a NaN after it)."""
+    rng = np.random.default_rng(5)
+    c, k, h, w = 16, 24, 12, 10
+    wt = rng.choice(np.array([0.0, 1.0, -1.0, 3e38], np.float32), size=(k, c, 3, 3),
+                    p=[0.5, 0.2485, 0.2485, 0.003])
+    graph = Graph([node("conv2d", "conv", ["input"], "c", {"weight": wt, "bias": None},
+                        kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1),
+                        groups=1, activation="none"),
+                   node("maxpool2d", "pool", ["c"], "output", kernel=(2, 2), stride=(2, 2),
+                        padding=(0, 0, 0, 0))], input_shape=(c, h, w))
+    x = rng.choice(np.array([0.0, -0.0, 1.0, -2.0], np.float32), size=(2, c, h, w))
+    fused = cnnrt.Model(graph, threads=2)
+    assert fused._plan_ops == ["winograd3x3"]
+    monkeypatch.setattr(model_mod, "POOL_FUSION", "never")
+    plain = cnnrt.Model(graph, threads=2)
+    assert plain._plan_ops == ["winograd3x3", "maxpool2d"]
+    with np.errstate(all="ignore"):
+        got, want = fused.predict(x), plain.predict(x)
+    # about a third of the convolution's outputs are NaN, a sixth infinite
+    assert np.isfinite(got).any() and np.isinf(got).any()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_maxpool_fuses_only_where_the_tile_holds_it():
+    """Not fused: a convolution output read twice, a 3x3 or padded pool, a
+    sigmoid before the pool, a convolution that is not Winograd."""
+    rng = np.random.default_rng(2)
+
+    def conv(name, inp, out, c, k, kernel=3, act="none", stride=1):
+        pad = (kernel // 2,) * 4
+        return node("conv2d", name, [inp], out,
+                    {"weight": rng.standard_normal((k, c, kernel, kernel)).astype(np.float32),
+                     "bias": rng.standard_normal(k).astype(np.float32)},
+                    kernel=(kernel, kernel), stride=(stride, stride), padding=pad,
+                    dilation=(1, 1), groups=1, activation=act)
+
+    def pool(name, inp, out, kernel=2, stride=2, pad=0, op="maxpool2d"):
+        extra = {"count_include_pad": 1} if op == "avgpool2d" else {}
+        return node(op, name, [inp], out, kernel=(kernel, kernel), stride=(stride, stride),
+                    padding=(pad,) * 4, **extra)
+
+    graphs = {
+        "read twice": Graph([conv("a", "input", "c", 16, 16), pool("p", "c", "p"),
+                             pool("q", "c", "q", op="avgpool2d"),
+                             node("add", "s", ["p", "q"], "output")], input_shape=(16, 16, 16)),
+        "3x3 pool": Graph([conv("a", "input", "c", 16, 16), pool("p", "c", "output", 3, 2)],
+                          input_shape=(16, 16, 16)),
+        "padded pool": Graph([conv("a", "input", "c", 16, 16), pool("p", "c", "output", 2, 2, 1)],
+                             input_shape=(16, 16, 16)),
+        "sigmoid": Graph([conv("a", "input", "c", 16, 16, act="sigmoid"),
+                          pool("p", "c", "output")], input_shape=(16, 16, 16)),
+        "5x5 conv": Graph([conv("a", "input", "c", 16, 16, kernel=5), pool("p", "c", "output")],
+                          input_shape=(16, 16, 16)),
+    }
+    x = rng.standard_normal((2, 16, 16, 16)).astype(np.float32)
+    for label, graph in graphs.items():
+        m = cnnrt.Model(graph, threads=2)
+        assert any(op in ("maxpool2d", "maxpool_c16") for op in m._plan_ops), (label, m._plan_ops)
+        want = ref.run_graph(graph, x)
+        np.testing.assert_allclose(m.predict(x), want, rtol=1e-4,
+                                   atol=1e-4 * max(1.0, np.abs(want).max()))
