@@ -6,13 +6,14 @@ file, plans its execution once, and returns a :class:`Model` whose
 """
 import os as _os
 
-# OpenMP worker threads spin briefly after a parallel loop before they sleep:
-# long enough to stay awake between the kernels of one predict call, short
-# enough that a thread waiting for a peer the OS has descheduled (cores
-# shared with other processes) soon gives its core up instead of burning it,
-# and that workers go idle right after a call.  Set GOMP_SPINCOUNT to
-# override; it is read when the OpenMP runtime loads.
-_os.environ.setdefault("GOMP_SPINCOUNT", "5000")
+# OpenMP worker threads spin after a parallel loop before they sleep.  A
+# thread that sleeps between the kernels of a call must be woken by the next
+# one, and on virtual machines waking an idle virtual CPU can take
+# milliseconds; 300000 spins (libgomp's own default) keep the
+# team awake through a call and between back-to-back calls.  Set
+# GOMP_SPINCOUNT to override (lower where other busy processes share the
+# cores); it is read when the OpenMP runtime loads.
+_os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 
 from ._version import __version__
 from .errors import ModelFormatError
