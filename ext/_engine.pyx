@@ -793,15 +793,17 @@ cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, P
 cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tiles,
                          cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_t_fn store_t,
                          Py_ssize_t task, Py_ssize_t n_kb, Py_ssize_t n_runs,
-                         Py_ssize_t N) noexcept nogil:
-    """Up to ROWS_BLOCK runs of 8 output positions against one weight panel."""
+                         Py_ssize_t n_blocks, Py_ssize_t N) noexcept nogil:
+    """Block task // n_kb of the runs of 8 output positions (n_blocks blocks
+    of equal size to within one run, at most ROWS_BLOCK) against weight
+    panel task % n_kb."""
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Q = s.C * s.kh * s.kw
     cdef Py_ssize_t per_row = (s.W2 + CNNRT_MR - 1) // CNNRT_MR
     # weight panels vary fastest, so a thread's tasks share input runs
     cdef Py_ssize_t kb = task % n_kb
-    cdef Py_ssize_t r0 = (task // n_kb) * ROWS_BLOCK
-    cdef Py_ssize_t r1 = r0 + ROWS_BLOCK
+    cdef Py_ssize_t r0 = (task // n_kb) * n_runs // n_blocks
+    cdef Py_ssize_t r1 = (task // n_kb + 1) * n_runs // n_blocks
     cdef Py_ssize_t nr = s.K - kb * CNNRT_NR
     cdef Py_ssize_t k0 = kb * CNNRT_NR
     cdef const float* wb = s.w + kb * Q * CNNRT_NR
@@ -813,8 +815,8 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
     cdef float* out
     cdef cnnrt_store_c16_fn store_c16 = _c16.store
-    if r1 > n_runs:
-        r1 = n_runs
+    cdef const float* run_base[ROWS_BLOCK]
+    cdef Py_ssize_t run_mr[ROWS_BLOCK]
     if nr > CNNRT_NR:
         nr = CNNRT_NR
     # the output lines this task will store, fetched while it computes
@@ -829,13 +831,15 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
                             (last // per_row) * s.W2 + (last % per_row) * CNNRT_MR
                             + span(s.W2 - (last % per_row) * CNNRT_MR, CNNRT_MR))
         r = r_end
+    # each run's first input element and length, found once for all passes
+    for r in range(r0, r1):
+        run_mr[r - r0] = run_at(s, r, per_row, &n, &oy, &ox0)
+        run_base[r - r0] = grid + n * image + oy * s.sh * s.gw + ox0 * s.sw
     while q0 < Q:
         kc = span(Q - q0, ROWS_KC)
-        for r in range(r0, r1):
-            mr = run_at(s, r, per_row, &n, &oy, &ox0)
-            base = grid + n * image + oy * s.sh * s.gw + ox0 * s.sw
-            ukernel(kc, base, s.toff + q0, s.sw, mr, wb + q0 * CNNRT_NR,
-                    tiles + (r - r0) * CNNRT_MR * CNNRT_NR, q0 == 0)
+        for r in range(r1 - r0):
+            ukernel(kc, run_base[r], s.toff + q0, s.sw, run_mr[r], wb + q0 * CNNRT_NR,
+                    tiles + r * CNNRT_MR * CNNRT_NR, q0 == 0)
         q0 += kc
     if s.flag == 5:  # channel-blocked output (see f32_c16.h)
         for r in range(r0, r1):
@@ -861,6 +865,13 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
     cdef const float* grid = x
     cdef Py_ssize_t n_items, t
+    # as many tasks for every thread: a few more, smaller blocks where that
+    # evens them out (the contiguous ranges of the static schedule stay equal)
+    t = n_blocks
+    while (t * n_kb) % n_threads != 0 and t < n_runs and t < n_blocks + n_threads:
+        t += 1
+    if (t * n_kb) % n_threads == 0:
+        n_blocks = t
     if s.gprep != 0:
         n_items = (s.gplane // s.gw + GRID_ROWS - 1) // GRID_ROWS
         for t in prange(N * s.C * n_items, schedule="static", num_threads=n_threads):
@@ -868,7 +879,7 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
         grid = work
     for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
         conv_rows_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, store_t,
-                       t, n_kb, n_runs, N)
+                       t, n_kb, n_runs, n_blocks, N)
 
 
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
