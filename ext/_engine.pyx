@@ -809,7 +809,6 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef const float* wb = s.w + kb * Q * CNNRT_NR
     cdef Py_ssize_t image = s.gimage if s.gprep else s.C * s.H * s.W
     cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr
-    cdef const float* base
     cdef Py_ssize_t per_image = s.H2 * per_row
     cdef Py_ssize_t r_end, last
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
@@ -867,11 +866,11 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
     cdef Py_ssize_t n_items, t
     # as many tasks for every thread: a few more, smaller blocks where that
     # evens them out (the contiguous ranges of the static schedule stay equal)
-    t = n_blocks
-    while (t * n_kb) % n_threads != 0 and t < n_runs and t < n_blocks + n_threads:
-        t += 1
-    if (t * n_kb) % n_threads == 0:
-        n_blocks = t
+    cdef Py_ssize_t more = n_blocks
+    while (more * n_kb) % n_threads != 0 and more < n_runs and more < n_blocks + n_threads:
+        more += 1
+    if (more * n_kb) % n_threads == 0:
+        n_blocks = more
     if s.gprep != 0:
         n_items = (s.gplane // s.gw + GRID_ROWS - 1) // GRID_ROWS
         for t in prange(N * s.C * n_items, schedule="static", num_threads=n_threads):

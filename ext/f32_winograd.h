@@ -145,15 +145,12 @@
             if (pool) {                                                          \
                 for (u = 0; u < rows; u++)                                       \
                     for (w = 0; w < cols; w++) {                                 \
-                        float acc = -INFINITY, v;                                \
-                        v = cnnrt_act_scalar(o[2 * u][2 * w][kk], act);          \
-                        acc = v > acc ? v : acc;                                 \
-                        v = cnnrt_act_scalar(o[2 * u][2 * w + 1][kk], act);      \
-                        acc = v > acc ? v : acc;                                 \
-                        v = cnnrt_act_scalar(o[2 * u + 1][2 * w][kk], act);      \
-                        acc = v > acc ? v : acc;                                 \
-                        v = cnnrt_act_scalar(o[2 * u + 1][2 * w + 1][kk], act);  \
-                        acc = v > acc ? v : acc;                                 \
+                        float acc = -INFINITY;                                   \
+                        for (a = 0; a < 4; a++) { /* (ky, kx) order */           \
+                            const float v = cnnrt_act_scalar(                    \
+                                o[2 * u + a / 2][2 * w + a % 2][kk], act);       \
+                            acc = v > acc ? v : acc;                             \
+                        }                                                        \
                         dst[u * W2 + w] = acc;                                   \
                     }                                                            \
                 continue;                                                        \
