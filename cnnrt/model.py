@@ -556,12 +556,15 @@ class Model:
         described = [None if node.op == "flatten" else self._step(node, [], -1)
                      for node in nodes]
         split, boundary = self._tail_start(nodes, described)
-        head = self._layout(fused[:split], described[:split], g.inputs[0], boundary)
+        nhwc = g.input_layout == "NHWC"
+        head = self._layout(fused[:split], described[:split], g.inputs[0], boundary,
+                            ext_in=not nhwc, ext_out=split == len(nodes))
         steps, self._step_nodes = head["steps"], head["names"]
         thread = head["thread"]
         out_off, tail = head["out_off"], None
         if split < len(nodes):
-            t = self._layout(fused[split:], described[split:], boundary, g.outputs[0])
+            t = self._layout(fused[split:], described[split:], boundary, g.outputs[0],
+                             ext_in=False, ext_out=True)
             steps = steps + t["steps"]
             self._step_nodes = self._step_nodes + t["names"]
             thread = max(thread, t["thread"])
@@ -578,7 +581,7 @@ class Model:
             head["scratch"],
             head["in_off"],
             tuple(g.input_shape),
-            g.input_layout == "NHWC",
+            nhwc,
             out_off,
             prod(self._shapes[g.outputs[0]]),
             thread,
@@ -622,7 +625,8 @@ class Model:
         step makes it from t before the first member reading a tensor that
         nothing channel-blocked produced, and a ``from_c16`` step writes t
         back as planes right after a member whose output is read elsewhere
-        or is the graph's output.  Returns the rewritten (node, names) list
+        or is the graph's output (a max pool whose output no member reads
+        writes planes itself).  Returns the rewritten (node, names) list
         and the set of channel-blocked tensors.
         """
         if C16 == "never" or (C16 == "auto" and get_isa() != "avx512"):
@@ -716,6 +720,10 @@ class Model:
                     self._shapes[t + "#c16"] = self._shapes[t]
                     c16.add(t + "#c16")
             t = node.outputs[0]
+            if node.op == "maxpool2d" and not any(member[j] for j in readers.get(t, [])):
+                # nothing channel-blocked reads it: the pool writes planes itself
+                out.append((replace(node, inputs=[u + "#c16" for u in node.inputs]), names))
+                continue
             out.append((replace(node, inputs=[u + "#c16" for u in node.inputs],
                                 outputs=[t + "#c16"]), names))
             self._shapes[t + "#c16"] = self._shapes[t]
@@ -779,12 +787,15 @@ class Model:
             return n, g.outputs[0]
         return best, next(t for t, last in last_read.items() if producer[t] < best <= last)
 
-    def _layout(self, fused, described, inp, out):
+    def _layout(self, fused, described, inp, out, ext_in=False, ext_out=False):
         """Memory plan of a run of nodes reading tensor ``inp`` and producing ``out``.
 
         Returns their steps (offsets filled in), the node names of each step,
         the arena floats per sample, the work space per sample and per
-        thread, and the offsets of ``inp`` and ``out``.
+        thread, and the offsets of ``inp`` and ``out``.  With ``ext_in`` the
+        steps read ``inp`` where the caller keeps it, and with ``ext_out`` the
+        step producing ``out`` writes it into the caller's array (Step.io),
+        wherever every reader of those tensors can (see _io_marks).
         """
         shapes = self._shapes
         nodes = [node for node, _ in fused]
@@ -836,8 +847,43 @@ class Model:
                     arena.release(st.offset, st.size)
                     st.offset = -2  # released; offsets already recorded in steps
         scratch = -(-scratch // ALIGN) * ALIGN  # what follows stays on cache lines
+        for step, io in zip(steps, self._io_marks(nodes, inp, out, ext_in, ext_out)):
+            if io:
+                step["io"] = io
         return {"steps": steps, "names": names, "sample": arena.end, "scratch": scratch,
                 "thread": thread_scratch, "in_off": in_off, "out_off": storage[out].offset}
+
+    @staticmethod
+    def _io_marks(nodes, inp, out, ext_in, ext_out):
+        """Step.io of each step (flatten nodes have none) of ``nodes``.
+
+        A flatten is a view: the names of ``inp`` are it and the flattens of
+        it, the names of ``out`` it and what it is a flatten of.  A step reads
+        the input in place if its first input is a name of ``inp``; that is
+        done only if no step reads a name of ``inp`` any other way (as a
+        further input, or through the arena as sums and concatenations do).
+        A step writes the output into the caller's array if it produces a
+        name of ``out``, and only if no step reads a name of ``out``.  Where
+        the output is the input, the input is copied and the output too.
+        """
+        in_names, out_names = {inp}, {out}
+        for node in nodes:
+            if node.op == "flatten" and node.inputs[0] in in_names:
+                in_names.add(node.outputs[0])
+        for node in reversed(nodes):
+            if node.op == "flatten" and node.outputs[0] in out_names:
+                out_names.add(node.inputs[0])
+        steps = [node for node in nodes if node.op != "flatten"]
+        if in_names & out_names:
+            ext_in = ext_out = False
+        if ext_in:
+            ext_in = not any(t in in_names for node in steps for t in node.inputs[1:]) and \
+                not any(node.op in ("add", "concat") and node.inputs[0] in in_names
+                        for node in steps)
+        if ext_out:
+            ext_out = not any(t in out_names for node in steps for t in node.inputs)
+        return [(1 if ext_in and node.inputs[0] in in_names else 0)
+                | (2 if ext_out and node.outputs[0] in out_names else 0) for node in steps]
 
     def _step(self, node, in_offs, out_off):
         """Describe one node as a kernel step; returns (step dict, scratch floats)."""
@@ -872,6 +918,9 @@ class Model:
                 d["flag"] = a["count_include_pad"]
         if node.op == "maxpool2d" and node.inputs[0] in self._c16:
             d["op"] = "maxpool_c16"
+            if node.outputs[0] not in self._c16:  # planes out, each row through a buffer
+                d["flag"] = 1
+                thread_need = out_shape[2] * 16
         if node.op == "conv2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]

@@ -1009,21 +1009,32 @@ cdef void depthwise_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                y + nb * out_block + oy * s.W2 * 16)
 
 
-cdef void maxpool_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
+cdef void maxpool_c16(const Step* s, const float* x, float* y, float* pack, Py_ssize_t N,
                       int n_threads) noexcept nogil:
-    """Max pooling, c16 in and out: output rows of every channel block."""
+    """Max pooling, c16 in and out (or, with flag 1, planes out: each output
+    row goes through a buffer in the thread's work space): output rows of
+    every channel block."""
     cdef cnnrt_maxpool_c16_row_fn row_fn = _c16.maxpool_row
+    cdef cnnrt_from_c16_fn from_fn = _c16.from_c16
     cdef Py_ssize_t n_cb = (s.C + 15) // 16
     cdef Py_ssize_t in_block = s.H * s.W * 16
-    cdef Py_ssize_t out_block = s.H2 * s.W2 * 16
-    cdef Py_ssize_t t, nb, oy, rest
+    cdef Py_ssize_t HW2 = s.H2 * s.W2
+    cdef Py_ssize_t t, nb, oy, rest, cb
+    cdef float* buf
     # rows of every block: the convolutions that write a pool's input split by position
     for t in prange(N * n_cb * s.H2, schedule="static", num_threads=n_threads):
         rest = t % (s.H2 * n_cb)
         oy = rest // n_cb
         nb = t // (s.H2 * n_cb) * n_cb + rest % n_cb
-        row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2,
-               y + nb * out_block + oy * s.W2 * 16)
+        if s.flag != 1:
+            row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2,
+                   y + nb * HW2 * 16 + oy * s.W2 * 16)
+            continue
+        buf = pack + threadid() * s.tstride
+        row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2, buf)
+        cb = nb % n_cb
+        from_fn(buf, s.C - cb * 16 if s.C - cb * 16 < 16 else 16, HW2, 0, 0, s.W2,
+                y + ((nb // n_cb) * s.C + cb * 16) * HW2 + oy * s.W2)
 
 
 cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
@@ -1646,34 +1657,33 @@ cdef void concat_f32(const Step* s, float* arena, float* y,
 # ==========================================================================
 
 cdef void run_steps(const Step* steps, Py_ssize_t n_steps, float* arena,
-                    float* work, float* pack, Py_ssize_t N, int n_threads) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_steps):
-        run_step(&steps[i], arena, work, pack, N, n_threads)
-
-
-cdef void run_steps_timed(const Step* steps, Py_ssize_t n_steps, float* arena,
-                          float* work, float* pack, Py_ssize_t N, int n_threads,
-                          double* seconds) noexcept nogil:
-    """As run_steps, adding each step's wall time to seconds[i]."""
+                    float* work, float* pack, Py_ssize_t N, int n_threads,
+                    const float* xin, float* yout, double* seconds) noexcept nogil:
+    """Run the steps on N samples; ``xin`` and ``yout`` (or NULL) are the
+    model's input and output where the caller keeps them, for the steps
+    marked to use them (Step.io).  With ``seconds``, each step's wall time is
+    added to seconds[i]."""
     cdef Py_ssize_t i
     cdef double t0
     for i in range(n_steps):
-        t0 = omp_get_wtime()
-        run_step(&steps[i], arena, work, pack, N, n_threads)
-        seconds[i] += omp_get_wtime() - t0
+        if seconds != NULL:
+            t0 = omp_get_wtime()
+        run_step(&steps[i], arena, work, pack, N, n_threads, xin, yout)
+        if seconds != NULL:
+            seconds[i] += omp_get_wtime() - t0
 
 
 cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
-                          Py_ssize_t N, int n_threads) noexcept nogil:
+                          Py_ssize_t N, int n_threads, const float* xin,
+                          float* yout) noexcept nogil:
     cdef const float* x
     cdef float* y
     # A parallel region costs a few microseconds while the team is awake; a
     # step with less work than that runs alone.
     if s.work * N < _parallel_min_work:
         n_threads = 1
-    x = arena + s.in_off[0] * N
-    y = arena + s.out_off * N
+    x = xin if (s.io & 1) and xin != NULL else arena + s.in_off[0] * N
+    y = yout if (s.io & 2) and yout != NULL else arena + s.out_off * N
     if s.op == OP_CONV2D:
         conv2d_f32(s, x, y, work, pack, N, n_threads)
     elif s.op == OP_WINOGRAD3X3:
@@ -1701,7 +1711,7 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
     elif s.op == OP_DEPTHWISE_C16:
         depthwise_c16(s, x, y, N, n_threads)
     elif s.op == OP_MAXPOOL_C16:
-        maxpool_c16(s, x, y, N, n_threads)
+        maxpool_c16(s, x, y, pack, N, n_threads)
     else:
         unary_f32(s, x, y, N, n_threads)
 
@@ -1863,6 +1873,9 @@ cdef class Plan:
     cdef Py_ssize_t n_head, b_size
     cdef readonly Py_ssize_t tail_sample_size, tail_scratch_size
     cdef Py_ssize_t t_in_off, t_out_off, t_factor
+    # steps read the model's input from the caller's array / write its output
+    # into the caller's array (see Step.io)
+    cdef readonly bint ext_in, ext_out
 
     def __cinit__(self):
         self.steps = NULL
@@ -1924,6 +1937,13 @@ cdef class Plan:
                 if name in d:
                     _set_int(s, name, d[name])
             s.flag = d.get("flag", 0)
+            s.io = d.get("io", 0)
+            if s.io & ~3 or (s.io & 1 and (nhwc or i >= self.n_head)) or (
+                    s.io & 2 and i < self.n_head < len(steps)):
+                raise ValueError(f"step {i}: io {s.io} is not 0-3, or reads the input "
+                                 f"outside the head or writes the output outside the tail")
+            self.ext_in = self.ext_in or bool(s.io & 1)
+            self.ext_out = self.ext_out or bool(s.io & 2)
             s.f0 = d.get("f0", 0.0)
             s.f1 = d.get("f1", 0.0)
             if "toff" in d:
@@ -1999,6 +2019,11 @@ cdef class Plan:
         """Check the input, then run the batch chunk by chunk; returns the
         number of non-finite input values (then nothing is run).
 
+        The steps that read the model's input read it from ``xp`` where the
+        plan allows (ext_in), else it is copied into the arena; the step that
+        writes the model's output writes into ``op`` where the plan allows
+        (ext_out), else the output is copied there.
+
         Arena: the head's chunk (tensors, then work space), the tail's chunk,
         then each thread's private space."""
         cdef Py_ssize_t size = self.C * self.H * self.W
@@ -2010,9 +2035,11 @@ cdef class Plan:
         cdef Py_ssize_t i = 0, j, m, mt
         cdef Py_ssize_t bad
         cdef float* x0
+        cdef const float* xin
+        cdef float* head_out
         if not has_tail:
             nt = nb
-        if self.nhwc or nb < n:
+        if self.nhwc or nb < n or self.ext_in:
             bad = copy_input(xp, NULL, n * size, n_threads, True)
             if bad:
                 return bad
@@ -2022,7 +2049,10 @@ cdef class Plan:
             while j < mt:
                 m = mt - j if mt - j < nb else nb
                 x0 = a + self.in_off * m
-                if self.nhwc:
+                xin = NULL
+                if self.ext_in:
+                    xin = xp + (i + j) * size
+                elif self.nhwc:
                     nhwc_to_nchw(xp + (i + j) * size, x0, m, self.C, self.H, self.W, n_threads)
                 elif nb < n:
                     copy_input(xp + (i + j) * size, x0, m * size, n_threads, False)
@@ -2030,29 +2060,24 @@ cdef class Plan:
                     bad = copy_input(xp, x0, n * size, n_threads, True)
                     if bad:
                         return bad
-                if seconds != NULL:
-                    run_steps_timed(self.steps, self.n_head, a, a + self.sample_size * m,
-                                    pack, m, n_threads, seconds)
-                else:
-                    run_steps(self.steps, self.n_head, a, a + self.sample_size * m,
-                              pack, m, n_threads)
+                head_out = op + (i + j) * self.out_size if self.ext_out and not has_tail else NULL
+                run_steps(self.steps, self.n_head, a, a + self.sample_size * m, pack, m,
+                          n_threads, xin, head_out, seconds)
                 if has_tail:
                     memcpy(ta + self.t_in_off * mt + j * self.b_size, a + self.out_off * m,
                            m * self.b_size * sizeof(float))
-                else:
+                elif head_out == NULL:
                     memcpy(op + (i + j) * self.out_size, a + self.out_off * m,
                            m * self.out_size * sizeof(float))
                 j += m
             if has_tail:
-                if seconds != NULL:
-                    run_steps_timed(self.steps + self.n_head, self.n_steps - self.n_head, ta,
-                                    ta + self.tail_sample_size * mt, pack, mt, n_threads,
-                                    seconds + self.n_head)
-                else:
-                    run_steps(self.steps + self.n_head, self.n_steps - self.n_head, ta,
-                              ta + self.tail_sample_size * mt, pack, mt, n_threads)
-                memcpy(op + i * self.out_size, ta + self.t_out_off * mt,
-                       mt * self.out_size * sizeof(float))
+                run_steps(self.steps + self.n_head, self.n_steps - self.n_head, ta,
+                          ta + self.tail_sample_size * mt, pack, mt, n_threads, NULL,
+                          op + i * self.out_size if self.ext_out else NULL,
+                          seconds + self.n_head if seconds != NULL else NULL)
+                if not self.ext_out:
+                    memcpy(op + i * self.out_size, ta + self.t_out_off * mt,
+                           mt * self.out_size * sizeof(float))
             i += mt
         return 0
 

@@ -70,6 +70,9 @@ ctypedef struct Step:
     Py_ssize_t gw, gplane, gimage, gprep
     const Py_ssize_t* toff
     int flag                      # avgpool: count_include_pad
+    int io                        # 1: input 0 is the model's input, read where the
+                                  # caller keeps it; 2: the output is the model's
+                                  # output, written straight into the caller's array
     float f0, f1                  # leaky_relu alpha; clip min, max
     const float* w                # weights (or batchnorm scale)
     const float* b                # bias (or batchnorm shift); NULL if none

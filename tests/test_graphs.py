@@ -268,6 +268,51 @@ def test_fusion_and_memory_plan(tmp_path, case, batch):
     assert np.array_equal(model.predict(x, threads=1), got)
 
 
+# which plans read the caller's input where it lies and write the caller's output array
+_IN_PLACE_IO = {
+    "conv+relu": (True, True),
+    "conv read twice": (True, True),
+    "add+relu in place": (False, True),  # the sum reads the input through the arena
+    "graph output is the input": (False, False),
+    "only a flatten": (False, False),
+    "element-wise chain over the input": (True, True),
+    "dense+relu6": (True, True),
+}
+
+
+@pytest.mark.parametrize("case", fusion_cases(), ids=lambda c: c[0])
+def test_caller_arrays_used_in_place(tmp_path, case):
+    """Steps read the input from the caller's array and write the output into
+    the returned one where the plan allows: the input is never written, and a
+    read-only input, a misaligned one and a batch run in chunks give the same
+    bits as an aligned copy run whole."""
+    name, nodes, shape, outputs = case
+    kw = {"outputs": outputs} if outputs else {}
+    model = make_model(tmp_path, nodes, shape, threads=2, **kw)
+    if name in _IN_PLACE_IO:
+        assert (model._plan.ext_in, model._plan.ext_out) == _IN_PLACE_IO[name]
+    x = rand(np.random.default_rng(7), 5, *shape)
+    want = model.predict(x.copy())
+    assert_close(want, ref.run_graph(model.graph, x))
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    assert np.array_equal(model.predict(frozen), want)
+    assert np.array_equal(frozen, x)
+    raw = np.empty(x.size + 1, dtype=np.float32)[1:]  # 4 bytes past an allocation's start
+    raw[:] = x.reshape(-1)
+    assert np.array_equal(model.predict(raw.reshape(x.shape)), want)
+    assert np.array_equal(raw, x.reshape(-1))
+    before = cnnrt._engine.set_batch_chunk_bytes(1)  # one sample per thread at a time
+    try:
+        assert np.array_equal(model.predict(x), want)
+    finally:
+        cnnrt._engine.set_batch_chunk_bytes(before)
+    bad = x.copy()
+    bad[3].flat[-1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.predict(bad)
+
+
 def test_stale_buffers_do_not_leak_between_calls():
     """A call after calls on other inputs and batch sizes gives what a fresh model gives."""
     r = np.random.default_rng(5)
