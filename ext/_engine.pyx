@@ -1424,6 +1424,7 @@ cdef void locally_connected2d_f32(const Step* s, const float* x, float* y,
 # ==========================================================================
 
 cdef extern from "f32_rows.h":
+    ctypedef Py_ssize_t (*cnnrt_nonfinite_fn)(const float* x, Py_ssize_t n) noexcept nogil
     ctypedef float (*cnnrt_dot_fn)(const float* a, const float* b, Py_ssize_t n) noexcept nogil
     ctypedef void (*cnnrt_pool_row_fn)(const float* plane, Py_ssize_t H, Py_ssize_t W,
                                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
@@ -1437,6 +1438,7 @@ cdef extern from "f32_rows.h":
                                            Py_ssize_t H2, Py_ssize_t W2,
                                            float* out) noexcept nogil
     ctypedef struct cnnrt_rows_config:
+        cnnrt_nonfinite_fn nonfinite
         cnnrt_dot_fn dot
         cnnrt_pool_row_fn pool_row
         cnnrt_maxpool_plane_fn maxpool_plane
@@ -1719,15 +1721,6 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
 DEF COPY_CHUNK = 16384
 
 
-cdef inline Py_ssize_t nonfinite_in(const float* src, Py_ssize_t n) noexcept nogil:
-    """How many of n floats are NaN or infinite (all exponent bits set)."""
-    cdef const unsigned int* bits = <const unsigned int*> src
-    cdef Py_ssize_t i, bad = 0
-    for i in range(n):
-        bad += (bits[i] & 0x7f800000u) == 0x7f800000u
-    return bad
-
-
 cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
                            int n_threads, bint check) noexcept nogil:
     """Copy the input into the arena (dst NULL: do not copy) and, with
@@ -1735,6 +1728,7 @@ cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
     between the threads."""
     cdef Py_ssize_t n_chunks = (count + COPY_CHUNK - 1) // COPY_CHUNK
     cdef Py_ssize_t c, lo, n, bad = 0
+    cdef cnnrt_nonfinite_fn nonfinite = _rows.nonfinite
     if count * 2 < _parallel_min_work:
         n_threads = 1
     for c in prange(n_chunks, schedule="static", num_threads=n_threads):
@@ -1743,7 +1737,7 @@ cdef Py_ssize_t copy_input(const float* src, float* dst, Py_ssize_t count,
         if dst != NULL:
             memcpy(dst + lo, src + lo, n * sizeof(float))
         if check:
-            bad += nonfinite_in(src + lo, n)
+            bad += nonfinite(src + lo, n)
     return bad
 
 

@@ -295,7 +295,42 @@ static int f32_maxpool_plane__none(const float *plane, ptrdiff_t H, ptrdiff_t W,
     return 0;
 }
 
+/* ------------------------------------------------------ input check */
+
+/* How many of n floats are NaN or infinite (every exponent bit set); n is at
+ * most a chunk of the input, well under 2^32. */
+typedef ptrdiff_t (*cnnrt_nonfinite_fn)(const float *x, ptrdiff_t n);
+
+#define CNNRT_NONFINITE_BODY                                                   \
+    const unsigned int *bits = (const unsigned int *)x;                        \
+    unsigned int bad = 0;                                                      \
+    ptrdiff_t i;                                                               \
+    for (i = 0; i < n; i++)                                                    \
+        bad += (bits[i] & 0x7f800000u) == 0x7f800000u;                         \
+    return (ptrdiff_t)bad;
+
+static ptrdiff_t f32_nonfinite__scalar(const float *x, ptrdiff_t n)
+{
+    CNNRT_NONFINITE_BODY
+}
+
+#ifdef CNNRT_X86
+__attribute__((target("avx2")))
+static ptrdiff_t f32_nonfinite__avx2(const float *x, ptrdiff_t n)
+{
+    CNNRT_NONFINITE_BODY
+}
+
+__attribute__((target("avx512f")))
+static ptrdiff_t f32_nonfinite__avx512(const float *x, ptrdiff_t n)
+{
+    CNNRT_NONFINITE_BODY
+}
+#endif
+#undef CNNRT_NONFINITE_BODY
+
 typedef struct {
+    cnnrt_nonfinite_fn nonfinite;
     cnnrt_dot_fn dot;
     cnnrt_pool_row_fn pool_row;
     cnnrt_maxpool_plane_fn maxpool_plane;  /* returns 0 where it does not apply */
@@ -304,15 +339,18 @@ typedef struct {
 static cnnrt_rows_config cnnrt_rows_select(int isa)
 {
     cnnrt_rows_config cfg;
+    cfg.nonfinite = f32_nonfinite__scalar;
     cfg.dot = f32_dot__scalar;
     cfg.pool_row = f32_pool_row__scalar;
     cfg.maxpool_plane = f32_maxpool_plane__none;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
+        cfg.nonfinite = f32_nonfinite__avx512;
         cfg.dot = f32_dot__avx512;
         cfg.pool_row = f32_pool_row__avx512;
         cfg.maxpool_plane = f32_maxpool_plane__avx512;
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
+        cfg.nonfinite = f32_nonfinite__avx2;
         cfg.dot = f32_dot__avx2;
         cfg.pool_row = f32_pool_row__avx2;
     }

@@ -619,3 +619,25 @@ def test_maxpool_fuses_only_where_the_tile_holds_it():
         want = ref.run_graph(graph, x)
         np.testing.assert_allclose(m.predict(x), want, rtol=1e-4,
                                    atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 11), (3, 100, 100)])
+def test_nonfinite_input_refused(isa, shape):
+    """The input check of every ISA finds a single NaN or infinity anywhere
+    (vector bodies, the tail of a chunk, across chunks of the parallel pass)
+    and lets the largest finite values and subnormals through."""
+    g = Graph([node("relu", "r", ["input"], "output")], input_shape=shape)
+    m = cnnrt.Model(g, threads=2)
+    x = np.random.default_rng(3).standard_normal((2,) + shape).astype(np.float32)
+    edge = x.copy()
+    edge.flat[::7] = np.finfo(np.float32).max
+    edge.flat[1::7] = -np.finfo(np.float32).max
+    edge.flat[2::7] = np.finfo(np.float32).tiny / 4  # subnormal
+    np.testing.assert_array_equal(m.predict(edge), np.maximum(edge, 0))
+    size = x.size
+    for at in sorted({0, 15, 16, 17, size // 2 - 1, size // 2, 16384, size - 2, size - 1}):
+        for bad in (np.nan, np.inf, -np.inf):
+            damaged = x.copy()
+            damaged.flat[at % size] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                m.predict(damaged)
