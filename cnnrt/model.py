@@ -445,8 +445,10 @@ class Model:
         self._shapes = validate(graph, memory_limit)
         self._lock = threading.Lock()
         self._active = 0  # predict calls in flight (they share the cores)
-        self._arenas: List[np.ndarray] = []
+        self._arenas: List[np.ndarray] = []  # free arenas, smallest first
         self._build()
+        self._in_shape = self.input_shape
+        self._out_shape = tuple(self.output_shape)
 
     # ------------------------------------------------------------- properties
     @property
@@ -1061,7 +1063,7 @@ class Model:
         the input into its arena (see _nonfinite).
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
-                and x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1
+                and x.shape[1:] == self._in_shape and x.ndim == len(self._in_shape) + 1
                 and x.shape[0] > 0):
             return x  # the common case, already valid
         expected = ("N",) + self.input_shape
@@ -1095,18 +1097,30 @@ class Model:
     def _nonfinite(x):
         return ValueError(f"input of shape {tuple(x.shape)} has NaN or infinite values")
 
+    def _arena_locked(self, size):
+        """A free arena of at least ``size`` floats, or None; the lock is held."""
+        for i, arr in enumerate(self._arenas):
+            if arr.shape[0] >= size:
+                return self._arenas.pop(i)
+        return None
+
     def _take_arena(self, size):
         with self._lock:
-            for i, arr in enumerate(self._arenas):
-                if arr.shape[0] >= size:
-                    return self._arenas.pop(i)
-        return np.empty(max(size, 1), dtype=np.float32)
+            arena = self._arena_locked(size)
+        return np.empty(max(size, 1), dtype=np.float32) if arena is None else arena
+
+    def _give_arena_locked(self, arr):
+        """Keep ``arr`` for later calls (at most 8 arenas); the lock is held."""
+        arenas = self._arenas
+        if len(arenas) < 8:
+            i = 0
+            while i < len(arenas) and arenas[i].shape[0] < arr.shape[0]:
+                i += 1
+            arenas.insert(i, arr)
 
     def _give_arena(self, arr):
         with self._lock:
-            if len(self._arenas) < 8:
-                self._arenas.append(arr)
-                self._arenas.sort(key=lambda a: a.shape[0])
+            self._give_arena_locked(arr)
 
     def predict(self, x, threads: Optional[int] = None) -> np.ndarray:
         """Run the model on a batch ``x`` of shape ``(N, *input_shape)``.
@@ -1117,7 +1131,8 @@ class Model:
         nt = self._threads if threads is None else _check_threads(threads)
         x = self._prepare(x)
         n = x.shape[0]
-        out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
+        out = np.empty((n,) + self._out_shape, dtype=np.float32)
+        plan = self._plan
         with self._lock:
             self._active += 1
             # calls from several Python threads at once share the cores
@@ -1125,15 +1140,17 @@ class Model:
             # the thread count)
             if threads is None and self._active > 1:
                 nt = max(1, nt // self._active)
+            size = plan.arena_size(n, nt)
+            arena = self._arena_locked(size)
         try:
-            arena = self._take_arena(self._plan.arena_size(n, nt))
-            try:
-                bad = self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt)
-            finally:
-                self._give_arena(arena)
+            if arena is None:
+                arena = np.empty(max(size, 1), dtype=np.float32)
+            bad = plan.run(x, arena, out, n, nt)
         finally:
             with self._lock:
                 self._active -= 1
+                if arena is not None:
+                    self._give_arena_locked(arena)
         if bad:
             raise self._nonfinite(x)
         return out
@@ -1152,14 +1169,14 @@ class Model:
         nt = self._threads if threads is None else _check_threads(threads)
         x = self._prepare(x)
         n = x.shape[0]
-        out = np.empty((n,) + tuple(self.output_shape), dtype=np.float32)
+        out = np.empty((n,) + self._out_shape, dtype=np.float32)
         seconds = np.zeros(len(self._step_nodes), dtype=np.float64)
         arena = self._take_arena(self._plan.arena_size(n, nt))
         try:
-            if self._plan.run(x.reshape(-1), arena, out.reshape(-1), n, nt):  # warm-up
+            if self._plan.run(x, arena, out, n, nt):  # warm-up
                 raise self._nonfinite(x)
             for _ in range(int(repeats)):
-                self._plan.run_timed(x.reshape(-1), arena, out.reshape(-1), n, nt, seconds)
+                self._plan.run_timed(x, arena, out, n, nt, seconds)
         finally:
             self._give_arena(arena)
         ops = {node.name: node.op for node in self.graph.nodes}

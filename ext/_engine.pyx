@@ -14,8 +14,11 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport expf, tanhf, sqrtf, INFINITY
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+cimport numpy as cnp
 
 import numpy as np
+
+cnp.import_array()
 
 include "engine_types.pxi"
 
@@ -1985,24 +1988,36 @@ cdef class Plan:
                 + (self.tail_sample_size + self.tail_scratch_size) * self._tail_chunk(n, n_threads)
                 + n_threads * self.thread_size + ALIGN_FLOATS)
 
-    def run(self, const float[::1] x, float[::1] arena, float[::1] out,
+    cdef int _buffers(self, cnp.ndarray x, cnp.ndarray arena, cnp.ndarray out, Py_ssize_t n,
+                      int n_threads) except -1:
+        """Check the arrays handed to run (any shape, C-contiguous float32)."""
+        if n <= 0 or n_threads <= 0:
+            raise ValueError("batch size and thread count must be positive")
+        for a, what in ((x, "input"), (arena, "arena"), (out, "output")):
+            if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                raise ValueError(f"{what} must be a C-contiguous float32 array")
+            if a is not x and not cnp.PyArray_ISWRITEABLE(a):
+                raise ValueError(f"{what} must be writeable")
+        if cnp.PyArray_SIZE(x) != n * self.C * self.H * self.W:
+            raise ValueError("input buffer has the wrong size")
+        if cnp.PyArray_SIZE(out) != n * self.out_size:
+            raise ValueError("output buffer has the wrong size")
+        if cnp.PyArray_SIZE(arena) < self.arena_size(n, n_threads):
+            raise ValueError("arena is too small")
+        return 0
+
+    def run(self, cnp.ndarray x not None, cnp.ndarray arena not None, cnp.ndarray out not None,
             Py_ssize_t n, int n_threads):
-        """Run the plan on ``n`` samples; ``x`` and ``out`` are flat float32 arrays.
+        """Run the plan on ``n`` samples; ``x``, ``arena`` and ``out`` are
+        C-contiguous float32 arrays of any shape (``x`` may be read-only).
 
         Returns the number of NaN or infinite values in ``x``; if there are
         any, nothing is run and ``out`` is left as it was.
         """
-        if n <= 0 or n_threads <= 0:
-            raise ValueError("batch size and thread count must be positive")
-        if x.shape[0] != n * self.C * self.H * self.W:
-            raise ValueError("input buffer has the wrong size")
-        if out.shape[0] != n * self.out_size:
-            raise ValueError("output buffer has the wrong size")
-        if arena.shape[0] < self.arena_size(n, n_threads):
-            raise ValueError("arena is too small")
-        cdef float* a = _align(&arena[0])  # tensors start on cache lines
-        cdef const float* xp = &x[0]
-        cdef float* op = &out[0]
+        self._buffers(x, arena, out, n, n_threads)
+        cdef float* a = _align(<float*> cnp.PyArray_DATA(arena))  # tensors start on cache lines
+        cdef const float* xp = <const float*> cnp.PyArray_DATA(x)
+        cdef float* op = <float*> cnp.PyArray_DATA(out)
         cdef Py_ssize_t bad
         with nogil:
             bad = self._run(xp, a, op, n, n_threads, NULL)
@@ -2075,20 +2090,15 @@ cdef class Plan:
             i += mt
         return 0
 
-    def run_timed(self, const float[::1] x, float[::1] arena, float[::1] out,
-                  Py_ssize_t n, int n_threads, double[::1] seconds):
+    def run_timed(self, cnp.ndarray x not None, cnp.ndarray arena not None,
+                  cnp.ndarray out not None, Py_ssize_t n, int n_threads, double[::1] seconds):
         """As :meth:`run`, adding each step's wall time (seconds) to ``seconds``."""
         if seconds.shape[0] != self.n_steps:
             raise ValueError("seconds must have one entry per step")
-        if n <= 0 or n_threads <= 0:
-            raise ValueError("batch size and thread count must be positive")
-        if x.shape[0] != n * self.C * self.H * self.W or out.shape[0] != n * self.out_size:
-            raise ValueError("input or output buffer has the wrong size")
-        if arena.shape[0] < self.arena_size(n, n_threads):
-            raise ValueError("arena is too small")
-        cdef float* a = _align(&arena[0])  # tensors start on cache lines
-        cdef const float* xp = &x[0]
-        cdef float* op = &out[0]
+        self._buffers(x, arena, out, n, n_threads)
+        cdef float* a = _align(<float*> cnp.PyArray_DATA(arena))
+        cdef const float* xp = <const float*> cnp.PyArray_DATA(x)
+        cdef float* op = <float*> cnp.PyArray_DATA(out)
         cdef double* sec = &seconds[0]
         cdef Py_ssize_t bad
         with nogil:
