@@ -141,8 +141,8 @@ cdef extern from "f32_c16.h":
                                          float* orow) noexcept nogil
     ctypedef void (*cnnrt_store_c16_fn)(const float* c, size_t mr, const float* bias, int act,
                                         float* y0, float* y1) noexcept nogil
-    ctypedef void (*cnnrt_pw_c16_fn)(size_t C, const float* a, Py_ssize_t bs, const float* b,
-                                     const float* bias, int act, float* y0,
+    ctypedef void (*cnnrt_pw_c16_fn)(size_t mr, size_t C, const float* a, Py_ssize_t bs,
+                                     const float* b, const float* bias, int act, float* y0,
                                      float* y1, int first, int last) noexcept nogil
     ctypedef void (*cnnrt_maxpool_c16_row_fn)(const float* x, Py_ssize_t H, Py_ssize_t W,
                                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
@@ -1044,12 +1044,14 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
                       cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_c16_fn store,
                       cnnrt_pw_c16_fn pw, Py_ssize_t kb, Py_ssize_t block,
                       Py_ssize_t n_runs) noexcept nogil:
-    """Up to ROWS_BLOCK runs of 8 positions against one 32-channel weight
-    panel; the taps of a position are its channels, 16 floats apart within a
-    block (toff), and neighbouring positions 16 floats apart.  Whole runs go
-    through the pointwise kernel of the ISA where it has one."""
+    """Up to ROWS_BLOCK runs of s.run positions (8, or 7 or 6 where those fill
+    the map better) against one 32-channel weight panel; the taps of a
+    position are its channels, 16 floats apart within a block (toff), and
+    neighbouring positions 16 floats apart.  Whole runs go through the
+    pointwise kernel of the ISA where it has one."""
     cdef Py_ssize_t HW = s.H * s.W
-    cdef Py_ssize_t per_image = (HW + CNNRT_MR - 1) // CNNRT_MR
+    cdef Py_ssize_t L = s.run
+    cdef Py_ssize_t per_image = (HW + L - 1) // L
     cdef Py_ssize_t in_image = (s.C + 15) // 16 * 16 * HW
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
     cdef Py_ssize_t r0 = block * ROWS_BLOCK
@@ -1066,19 +1068,19 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
             kc = span(s.C - q0, PW_KC)
             for r in range(r0, r1):
                 n = r // per_image
-                p0 = (r - n * per_image) * CNNRT_MR
-                if HW - p0 < CNNRT_MR:
+                p0 = (r - n * per_image) * L
+                if HW - p0 < L:
                     continue
                 out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
-                pw(kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * CNNRT_NR,
+                pw(L, kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * CNNRT_NR,
                    s.b2 + kb * CNNRT_NR, s.act, out,
                    out + HW * 16 if 2 * kb + 1 < n_ob else NULL, q0 == 0, q0 + kc >= s.C)
             q0 += kc
     for r in range(r0, r1):
         n = r // per_image
-        p0 = (r - n * per_image) * CNNRT_MR
-        mr = span(HW - p0, CNNRT_MR)
-        if pw != NULL and mr == CNNRT_MR:
+        p0 = (r - n * per_image) * L
+        mr = span(HW - p0, L)
+        if pw != NULL and mr == L:
             continue
         a = x + n * in_image + p0 * 16
         out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
@@ -1098,7 +1100,7 @@ cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
     cdef cnnrt_store_c16_fn store = _c16.store
     cdef cnnrt_pw_c16_fn pw = _c16.pw
     cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
-    cdef Py_ssize_t n_runs = N * ((s.H * s.W + CNNRT_MR - 1) // CNNRT_MR)
+    cdef Py_ssize_t n_runs = N * ((s.H * s.W + s.run - 1) // s.run)
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
     # few blocks of runs: the threads split the weight panels (each reads
     # half the weights), else the blocks (each thread's tasks go through
@@ -1812,7 +1814,7 @@ _ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6,
 _INT_FIELDS = ("in_size", "out_size", "C", "H", "W", "K", "H2", "W2", "kh", "kw",
                "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "groups",
                "outer", "axis", "inner", "th", "tw", "work", "spack",
-               "gw", "gplane", "gimage", "gprep")
+               "gw", "gplane", "gimage", "gprep", "run")
 
 
 def aligned_empty(Py_ssize_t n):
@@ -2137,6 +2139,7 @@ cdef int _set_int(Step* s, str name, Py_ssize_t v) except -1:
     elif name == "gplane": s.gplane = v
     elif name == "gimage": s.gimage = v
     elif name == "gprep": s.gprep = v
+    elif name == "run": s.run = v
     else: raise KeyError(name)
 
 

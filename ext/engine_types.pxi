@@ -68,6 +68,7 @@ ctypedef struct Step:
     # itself, 1: a zero-padded copy, 2: its stride phases; toff[q]: offset of
     # tap q's first element from the output position's grid index
     Py_ssize_t gw, gplane, gimage, gprep
+    Py_ssize_t run                # c16 pointwise: positions per run (6 to 8)
     const Py_ssize_t* toff
     int flag                      # avgpool: count_include_pad
     int io                        # 1: input 0 is the model's input, read where the

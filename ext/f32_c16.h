@@ -343,23 +343,26 @@ static void f32_store_c16__avx512(const float *c, size_t mr, const float *bias, 
 }
 #endif
 
-/* An 8x32 pointwise tile over C input channels, stored channel-blocked:
- * position r's channel q is a[(q/16)*bs + r*16 + q%16] (bs: floats between
- * channel blocks), b the packed weight panel [C][32]; y0, y1 as for the
- * tile store.  Unless `first`, the sums start from what y0 and y1 hold (the
- * channels before); with `last`, bias and activation are applied.  The 16
- * channels of a block are unrolled, so each broadcast is one load at a fixed
- * displacement from the block's base.  NULL where the ISA has none (then the
- * row micro-kernel and the tile store run). */
-typedef void (*cnnrt_pw_c16_fn)(size_t C, const float *a, ptrdiff_t bs, const float *b,
-                                const float *bias, int act, float *y0, float *y1, int first,
-                                int last);
+/* An mr x 32 pointwise tile (mr positions, 6 to 8) over C input channels,
+ * stored channel-blocked: position r's channel q is a[(q/16)*bs + r*16 + q%16]
+ * (bs: floats between channel blocks), b the packed weight panel [C][32];
+ * y0, y1 as for the tile store.  Unless `first`, the sums start from what y0
+ * and y1 hold (the channels before); with `last`, bias and activation are
+ * applied.  The 16 channels of a block are unrolled, so each broadcast is
+ * one load at a fixed displacement from the block's base.  Runs of 7 or 6
+ * positions fill maps such as 7x7 (49 positions: seven runs of 7 instead of
+ * 56 slots in runs of 8).  NULL where the ISA has none (then the row
+ * micro-kernel and the tile store run). */
+typedef void (*cnnrt_pw_c16_fn)(size_t mr, size_t C, const float *a, ptrdiff_t bs,
+                                const float *b, const float *bias, int act, float *y0,
+                                float *y1, int first, int last);
 
 #ifdef CNNRT_X86
-__attribute__((target("avx512f")))
-static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, const float *b,
-                                    const float *bias, int act, float *y0, float *y1,
-                                    int first, int last)
+/* The tile for a constant MR (the unused rows are compiled out). */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_pw_c16_avx512(const size_t MR, size_t C, const float *a, ptrdiff_t bs,
+                                       const float *b, const float *bias, int act, float *y0,
+                                       float *y1, int first, int last)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
     size_t q, j;
@@ -367,26 +370,29 @@ static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, cons
     c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
     if (!first) {  /* the partial sums of the channels before */
 #define CNNRT_PW_LOAD(R, X0, X1)                                                \
-        X0 = _mm512_loadu_ps(y0 + R * CNNRT_C16);                               \
-        if (y1 != NULL)                                                         \
-            X1 = _mm512_loadu_ps(y1 + R * CNNRT_C16);
+        if ((R) < MR) {                                                         \
+            X0 = _mm512_loadu_ps(y0 + (R) * CNNRT_C16);                         \
+            if (y1 != NULL)                                                     \
+                X1 = _mm512_loadu_ps(y1 + (R) * CNNRT_C16);                     \
+        }
         CNNRT_PW_LOAD(0, c00, c01) CNNRT_PW_LOAD(1, c10, c11) CNNRT_PW_LOAD(2, c20, c21)
         CNNRT_PW_LOAD(3, c30, c31) CNNRT_PW_LOAD(4, c40, c41) CNNRT_PW_LOAD(5, c50, c51)
         CNNRT_PW_LOAD(6, c60, c61) CNNRT_PW_LOAD(7, c70, c71)
 #undef CNNRT_PW_LOAD
     }
+#define CNNRT_PW_ROW(R, J, X0, X1)                                              \
+    if ((R) < MR) {                                                             \
+        const __m512 av = _mm512_set1_ps(ab[(R) * 16 + (J)]);                   \
+        X0 = _mm512_fmadd_ps(av, b0, X0);                                       \
+        X1 = _mm512_fmadd_ps(av, b1, X1);                                       \
+    }
 #define CNNRT_PW_STEP(J)                                                        \
     {                                                                           \
         const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);     \
-        __m512 av;                                                              \
-        av = _mm512_set1_ps(ab[0 * 16 + (J)]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01); \
-        av = _mm512_set1_ps(ab[1 * 16 + (J)]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11); \
-        av = _mm512_set1_ps(ab[2 * 16 + (J)]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21); \
-        av = _mm512_set1_ps(ab[3 * 16 + (J)]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31); \
-        av = _mm512_set1_ps(ab[4 * 16 + (J)]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41); \
-        av = _mm512_set1_ps(ab[5 * 16 + (J)]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51); \
-        av = _mm512_set1_ps(ab[6 * 16 + (J)]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61); \
-        av = _mm512_set1_ps(ab[7 * 16 + (J)]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71); \
+        CNNRT_PW_ROW(0, J, c00, c01) CNNRT_PW_ROW(1, J, c10, c11)               \
+        CNNRT_PW_ROW(2, J, c20, c21) CNNRT_PW_ROW(3, J, c30, c31)               \
+        CNNRT_PW_ROW(4, J, c40, c41) CNNRT_PW_ROW(5, J, c50, c51)               \
+        CNNRT_PW_ROW(6, J, c60, c61) CNNRT_PW_ROW(7, J, c70, c71)               \
         b += 32;                                                                \
     }
     for (q = 0; q + 16 <= C; q += 16) {
@@ -402,12 +408,13 @@ static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, cons
             CNNRT_PW_STEP(j)
     }
 #undef CNNRT_PW_STEP
+#undef CNNRT_PW_ROW
     {
         const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
         const __m512 rows[16] = {c00, c01, c10, c11, c20, c21, c30, c31,
                                  c40, c41, c50, c51, c60, c61, c70, c71};
         size_t r;
-        for (r = 0; r < 8; r++) {
+        for (r = 0; r < MR; r++) {
             if (!last) {
                 _mm512_storeu_ps(y0 + r * CNNRT_C16, rows[2 * r]);
                 if (y1 != NULL)
@@ -421,6 +428,19 @@ static void f32_pw_c16_8x32__avx512(size_t C, const float *a, ptrdiff_t bs, cons
                                  cnnrt_act_avx512(_mm512_add_ps(rows[2 * r + 1], b1), act));
         }
     }
+}
+
+__attribute__((target("avx512f")))
+static void f32_pw_c16__avx512(size_t mr, size_t C, const float *a, ptrdiff_t bs,
+                               const float *b, const float *bias, int act, float *y0,
+                               float *y1, int first, int last)
+{
+    if (mr == 8)
+        cnnrt_pw_c16_avx512(8, C, a, bs, b, bias, act, y0, y1, first, last);
+    else if (mr == 7)
+        cnnrt_pw_c16_avx512(7, C, a, bs, b, bias, act, y0, y1, first, last);
+    else
+        cnnrt_pw_c16_avx512(6, C, a, bs, b, bias, act, y0, y1, first, last);
 }
 #endif
 
@@ -448,7 +468,7 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
         cfg.from_c16 = f32_from_c16__avx512;
         cfg.dw_row = f32_dw_c16_row__avx512;
         cfg.store = f32_store_c16__avx512;
-        cfg.pw = f32_pw_c16_8x32__avx512;
+        cfg.pw = f32_pw_c16__avx512;
         cfg.maxpool_row = f32_maxpool_c16_row__avx512;
     }
 #endif

@@ -462,6 +462,13 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
     dict(c=3, h=40, w=31, specs=[("conv", 32, 5, 2, 2, "relu"), ("maxpool", 3, 2, 1),
                                  ("conv", 8, 3, 1, 1, "none")]),
     dict(c=3, h=47, w=47, specs=[("conv", 96, 11, 4, 0, "relu"), ("maxpool", 3, 2, 0)]),
+    # pointwise runs of 7 positions on 7x7 maps (three passes of input
+    # channels, a last panel of 8 channels), of 6 on 6x6 and, with a partial
+    # run, on 3x3
+    dict(c=272, h=7, w=7, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 40, "relu6"),
+                                 ("dw", 3, 1, 1, 1, "none"), ("pw", 33, "none")]),
+    dict(c=48, h=6, w=6, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 64, "relu"),
+                                ("dw", 3, 2, 1, 1, "relu"), ("pw", 24, "none")]),
     # a pool writing planes from a partial last block, rows wider than 16 positions
     dict(c=3, h=29, w=75, specs=[("conv", 56, 3, 2, 1, "relu6"), ("maxpool", 2, 2, (0, 0, 1, 1))]),
     # a pool read inside the chain stays channel-blocked
@@ -641,3 +648,11 @@ def test_nonfinite_input_refused(isa, shape):
             damaged.flat[at % size] = bad
             with pytest.raises(ValueError, match="NaN or infinite"):
                 m.predict(damaged)
+
+
+def test_pointwise_run_length():
+    """Runs of 8 positions unless 7 or 6 leave at least 5% fewer slots empty."""
+    want = {1: 6, 9: 6, 15: 8, 16: 8, 25: 7, 36: 6, 42: 7, 49: 7, 64: 8, 100: 8, 196: 8,
+            784: 8, 3136: 8}
+    for positions, run in want.items():
+        assert model_mod.pw_run_length(positions) == run, positions
