@@ -643,8 +643,7 @@ class Model:
         step makes it from t before the first member reading a tensor that
         nothing channel-blocked produced, and a ``from_c16`` step writes t
         back as planes right after a member whose output is read elsewhere
-        or is the graph's output (a max pool whose output no member reads
-        writes planes itself).  Returns the rewritten (node, names) list
+        or is the graph's output.  Returns the rewritten (node, names) list
         and the set of channel-blocked tensors.
         """
         if C16 == "never" or (C16 == "auto" and get_isa() != "avx512"):
@@ -738,10 +737,6 @@ class Model:
                     self._shapes[t + "#c16"] = self._shapes[t]
                     c16.add(t + "#c16")
             t = node.outputs[0]
-            if node.op == "maxpool2d" and not any(member[j] for j in readers.get(t, [])):
-                # nothing channel-blocked reads it: the pool writes planes itself
-                out.append((replace(node, inputs=[u + "#c16" for u in node.inputs]), names))
-                continue
             out.append((replace(node, inputs=[u + "#c16" for u in node.inputs],
                                 outputs=[t + "#c16"]), names))
             self._shapes[t + "#c16"] = self._shapes[t]
@@ -936,9 +931,6 @@ class Model:
                 d["flag"] = a["count_include_pad"]
         if node.op == "maxpool2d" and node.inputs[0] in self._c16:
             d["op"] = "maxpool_c16"
-            if node.outputs[0] not in self._c16:  # planes out, each row through a buffer
-                d["flag"] = 1
-                thread_need = out_shape[2] * 16
         if node.op == "conv2d":
             d["activation"] = a["activation"]
             d["w"] = w["weight"]

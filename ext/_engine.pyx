@@ -1012,32 +1012,21 @@ cdef void depthwise_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                y + nb * out_block + oy * s.W2 * 16)
 
 
-cdef void maxpool_c16(const Step* s, const float* x, float* y, float* pack, Py_ssize_t N,
+cdef void maxpool_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                       int n_threads) noexcept nogil:
-    """Max pooling, c16 in and out (or, with flag 1, planes out: each output
-    row goes through a buffer in the thread's work space): output rows of
-    every channel block."""
+    """Max pooling, c16 in and out: output rows of every channel block."""
     cdef cnnrt_maxpool_c16_row_fn row_fn = _c16.maxpool_row
-    cdef cnnrt_from_c16_fn from_fn = _c16.from_c16
     cdef Py_ssize_t n_cb = (s.C + 15) // 16
     cdef Py_ssize_t in_block = s.H * s.W * 16
-    cdef Py_ssize_t HW2 = s.H2 * s.W2
-    cdef Py_ssize_t t, nb, oy, rest, cb
-    cdef float* buf
+    cdef Py_ssize_t out_block = s.H2 * s.W2 * 16
+    cdef Py_ssize_t t, nb, oy, rest
     # rows of every block: the convolutions that write a pool's input split by position
     for t in prange(N * n_cb * s.H2, schedule="static", num_threads=n_threads):
         rest = t % (s.H2 * n_cb)
         oy = rest // n_cb
         nb = t // (s.H2 * n_cb) * n_cb + rest % n_cb
-        if s.flag != 1:
-            row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2,
-                   y + nb * HW2 * 16 + oy * s.W2 * 16)
-            continue
-        buf = pack + threadid() * s.tstride
-        row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2, buf)
-        cb = nb % n_cb
-        from_fn(buf, s.C - cb * 16 if s.C - cb * 16 < 16 else 16, HW2, 0, 0, s.W2,
-                y + ((nb // n_cb) * s.C + cb * 16) * HW2 + oy * s.W2)
+        row_fn(x + nb * in_block, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, oy, s.W2,
+               y + nb * out_block + oy * s.W2 * 16)
 
 
 cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
@@ -1718,7 +1707,7 @@ cdef inline void run_step(const Step* s, float* arena, float* work, float* pack,
     elif s.op == OP_DEPTHWISE_C16:
         depthwise_c16(s, x, y, N, n_threads)
     elif s.op == OP_MAXPOOL_C16:
-        maxpool_c16(s, x, y, pack, N, n_threads)
+        maxpool_c16(s, x, y, N, n_threads)
     else:
         unary_f32(s, x, y, N, n_threads)
 
