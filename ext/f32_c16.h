@@ -166,21 +166,22 @@ static inline void cnnrt_dw_c16_one_avx512(const float *x, ptrdiff_t H, ptrdiff_
     _mm512_storeu_ps(orow + ox * CNNRT_C16, cnnrt_act_avx512(acc, act));
 }
 
-/* Eight positions from ox whose taps are all inside the row, KW taps at
- * stride S without dilation (constants where inlined with them): per tap
- * row, the (8-1)*S+KW input vectors are loaded once and shared. */
+/* R positions (up to 8) from ox whose taps are all inside the row, KW taps
+ * at stride S without dilation (constants where inlined with them): per tap
+ * row, the (R-1)*S+KW input vectors are loaded once and shared. */
 #define CNNRT_C16_R 8
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_dw_c16_block_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
                                              const float *w16, __m512 bv, ptrdiff_t kh,
-                                             const ptrdiff_t KW, const ptrdiff_t S, ptrdiff_t sh,
+                                             const ptrdiff_t R, const ptrdiff_t KW,
+                                             const ptrdiff_t S, ptrdiff_t sh,
                                              ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t oy,
                                              ptrdiff_t ox, int act, float *orow)
 {
     __m512 acc[CNNRT_C16_R];
     ptrdiff_t ky, kx, r, i;
 #pragma GCC unroll 8
-    for (r = 0; r < CNNRT_C16_R; r++)
+    for (r = 0; r < R; r++)
         acc[r] = bv;
     for (ky = 0; ky < kh; ky++) {
         const ptrdiff_t iy = oy * sh - pt + ky;
@@ -190,20 +191,39 @@ static inline void cnnrt_dw_c16_block_avx512(const float *x, ptrdiff_t H, ptrdif
             continue;
         src = x + (iy * W + ox * S - pl) * CNNRT_C16;
 #pragma GCC unroll 24
-        for (i = 0; i < (CNNRT_C16_R - 1) * S + KW; i++)
+        for (i = 0; i < (R - 1) * S + KW; i++)
             v[i] = _mm512_loadu_ps(src + i * CNNRT_C16);
 #pragma GCC unroll 7
         for (kx = 0; kx < KW; kx++) {
             const __m512 wv = _mm512_loadu_ps(w16 + (ky * KW + kx) * CNNRT_C16);
 #pragma GCC unroll 8
-            for (r = 0; r < CNNRT_C16_R; r++)
+            for (r = 0; r < R; r++)
                 acc[r] = _mm512_fmadd_ps(wv, v[r * S + kx], acc[r]);
         }
     }
 #pragma GCC unroll 8
-    for (r = 0; r < CNNRT_C16_R; r++)
+    for (r = 0; r < R; r++)
         _mm512_storeu_ps(orow + (ox + r) * CNNRT_C16, cnnrt_act_avx512(acc[r], act));
 }
+
+/* The interior positions ox .. hi-1 in blocks of 8, then 4, 2 and 1. */
+#define CNNRT_DW_BLOCKS(KW, S)                                                  \
+    do {                                                                        \
+        for (; ox + 8 <= hi; ox += 8)                                           \
+            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 8, KW, S, sh, pt, pl, oy, ox, act, orow); \
+        if (ox + 4 <= hi) {                                                     \
+            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 4, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            ox += 4;                                                            \
+        }                                                                       \
+        if (ox + 2 <= hi) {                                                     \
+            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 2, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            ox += 2;                                                            \
+        }                                                                       \
+        if (ox < hi) {                                                          \
+            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 1, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            ox += 1;                                                            \
+        }                                                                       \
+    } while (0)
 
 __attribute__((target("avx512f")))
 static void f32_dw_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, const float *w16,
@@ -223,23 +243,18 @@ static void f32_dw_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, con
         lo = hi;
     for (ox = 0; ox < lo; ox++)
         cnnrt_dw_c16_one_avx512(x, H, W, w16, bv, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, act, orow);
-    if (fast) {
-        for (; ox + CNNRT_C16_R <= hi; ox += CNNRT_C16_R) {
-            if (kw == 3 && sw == 1)
-                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 3, 1, sh, pt, pl, oy, ox, act, orow);
-            else if (kw == 3)
-                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 3, 2, sh, pt, pl, oy, ox, act, orow);
-            else if (kw == 5 && sw == 1)
-                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 5, 1, sh, pt, pl, oy, ox, act, orow);
-            else if (kw == 5)
-                cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 5, 2, sh, pt, pl, oy, ox, act, orow);
-            else
-                break;
-        }
-    }
+    if (fast && kw == 3 && sw == 1)
+        CNNRT_DW_BLOCKS(3, 1);
+    else if (fast && kw == 3)
+        CNNRT_DW_BLOCKS(3, 2);
+    else if (fast && kw == 5 && sw == 1)
+        CNNRT_DW_BLOCKS(5, 1);
+    else if (fast && kw == 5)
+        CNNRT_DW_BLOCKS(5, 2);
     for (; ox < W2; ox++)
         cnnrt_dw_c16_one_avx512(x, H, W, w16, bv, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, act, orow);
 }
+#undef CNNRT_DW_BLOCKS
 #endif
 
 /* ------------------------------------------------------------ max pool */

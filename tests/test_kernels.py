@@ -469,6 +469,10 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
                                  ("dw", 3, 1, 1, 1, "none"), ("pw", 33, "none")]),
     dict(c=48, h=6, w=6, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 64, "relu"),
                                 ("dw", 3, 2, 1, 1, "relu"), ("pw", 24, "none")]),
+    # 5x5 depthwise rows whose inside positions come in blocks of 8, 4, 2 and 1
+    dict(c=32, h=7, w=13, specs=[("dw", 5, 1, 2, 1, "relu"), ("pw", 32, "none"),
+                                 ("dw", 5, 2, 2, 1, "relu6"), ("pw", 16, "none"),
+                                 ("dw", 3, 1, 1, 1, "none"), ("pw", 24, "relu")]),
     # a pool on a partial last block, rows wider than 16 positions
     dict(c=3, h=29, w=75, specs=[("conv", 56, 3, 2, 1, "relu6"), ("maxpool", 2, 2, (0, 0, 1, 1))]),
     # a pool read inside the chain stays channel-blocked
