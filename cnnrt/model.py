@@ -1066,14 +1066,14 @@ class Model:
         d["toff"] = ((q // 16) * HW * 16 + q % 16).astype(np.intp)
 
     def _prepare(self, x) -> np.ndarray:
-        """The input as a C-contiguous float32 batch, or ValueError.
+        """The input as a C-contiguous, aligned float32 batch, or ValueError.
 
-        Whether every value is finite is checked by the plan as it copies
-        the input into its arena (see _nonfinite).
+        Whether every value is finite is checked by the plan before it runs
+        (see _nonfinite).
         """
         if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
-                and x.shape[1:] == self._in_shape and x.ndim == len(self._in_shape) + 1
-                and x.shape[0] > 0):
+                and x.flags.aligned and x.shape[1:] == self._in_shape
+                and x.ndim == len(self._in_shape) + 1 and x.shape[0] > 0):
             return x  # the common case, already valid
         expected = ("N",) + self.input_shape
         want = "(" + ", ".join(map(str, expected)) + ")"
@@ -1099,7 +1099,8 @@ class Model:
         if x.shape[0] == 0:
             raise ValueError(f"input batch is empty: expected {want} with N >= 1")
         with np.errstate(over="ignore", invalid="ignore"):  # out of range becomes inf
-            x = np.ascontiguousarray(x, dtype=np.float32)
+            # the plan reads the input where it lies: whole floats, in order
+            x = np.require(x, dtype=np.float32, requirements=["C_CONTIGUOUS", "ALIGNED"])
         return x
 
     @staticmethod

@@ -2060,7 +2060,9 @@ cdef class Plan:
                     bad = copy_input(xp, x0, n * size, n_threads, True)
                     if bad:
                         return bad
-                head_out = op + (i + j) * self.out_size if self.ext_out and not has_tail else NULL
+                head_out = NULL
+                if self.ext_out and not has_tail:
+                    head_out = op + (i + j) * self.out_size
                 run_steps(self.steps, self.n_head, a, a + self.sample_size * m, pack, m,
                           n_threads, xin, head_out, seconds)
                 if has_tail:

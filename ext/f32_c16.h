@@ -207,20 +207,22 @@ static inline void cnnrt_dw_c16_block_avx512(const float *x, ptrdiff_t H, ptrdif
 }
 
 /* The interior positions ox .. hi-1 in blocks of 8, then 4, 2 and 1. */
+#define CNNRT_DW_BLOCK(R, KW, S)                                                \
+    cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, R, KW, S, sh, pt, pl, oy, ox, act, orow)
 #define CNNRT_DW_BLOCKS(KW, S)                                                  \
     do {                                                                        \
         for (; ox + 8 <= hi; ox += 8)                                           \
-            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 8, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            CNNRT_DW_BLOCK(8, KW, S);                                           \
         if (ox + 4 <= hi) {                                                     \
-            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 4, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            CNNRT_DW_BLOCK(4, KW, S);                                           \
             ox += 4;                                                            \
         }                                                                       \
         if (ox + 2 <= hi) {                                                     \
-            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 2, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            CNNRT_DW_BLOCK(2, KW, S);                                           \
             ox += 2;                                                            \
         }                                                                       \
         if (ox < hi) {                                                          \
-            cnnrt_dw_c16_block_avx512(x, H, W, w16, bv, kh, 1, KW, S, sh, pt, pl, oy, ox, act, orow); \
+            CNNRT_DW_BLOCK(1, KW, S);                                           \
             ox += 1;                                                            \
         }                                                                       \
     } while (0)
@@ -255,6 +257,7 @@ static void f32_dw_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, con
         cnnrt_dw_c16_one_avx512(x, H, W, w16, bv, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, act, orow);
 }
 #undef CNNRT_DW_BLOCKS
+#undef CNNRT_DW_BLOCK
 #endif
 
 /* ------------------------------------------------------------ max pool */

@@ -302,6 +302,11 @@ def test_caller_arrays_used_in_place(tmp_path, case):
     raw[:] = x.reshape(-1)
     assert np.array_equal(model.predict(raw.reshape(x.shape)), want)
     assert np.array_equal(raw, x.reshape(-1))
+    odd = np.frombuffer(bytearray(x.nbytes + 1), dtype=np.float32, offset=1, count=x.size)
+    assert not odd.flags.aligned  # one byte past a float boundary: copied first
+    odd = odd.reshape(x.shape)
+    odd[...] = x
+    assert np.array_equal(model.predict(odd), want)
     before = cnnrt._engine.set_batch_chunk_bytes(1)  # one sample per thread at a time
     try:
         assert np.array_equal(model.predict(x), want)

@@ -474,7 +474,8 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
                                  ("dw", 5, 2, 2, 1, "relu6"), ("pw", 16, "none"),
                                  ("dw", 3, 1, 1, 1, "none"), ("pw", 24, "relu")]),
     # a pool on a partial last block, rows wider than 16 positions
-    dict(c=3, h=29, w=75, specs=[("conv", 56, 3, 2, 1, "relu6"), ("maxpool", 2, 2, (0, 0, 1, 1))]),
+    dict(c=3, h=29, w=75, specs=[("conv", 56, 3, 2, 1, "relu6"),
+                                 ("maxpool", 2, 2, (0, 0, 1, 1))]),
     # a pool read inside the chain stays channel-blocked
     dict(c=3, h=40, w=31, specs=[("conv", 32, 5, 2, 2, "relu"), ("maxpool", 2, 2, 0),
                                  ("dw", 3, 1, 1, 1, "relu"), ("pw", 20, "none")]),
