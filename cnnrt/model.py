@@ -47,9 +47,10 @@ SHARED_PACK_POSITIONS = 1024
 SHARED_PACK_FLOATS = 1 << 20
 # Convolutions with vectors along output channels (see rows_wins):
 # "auto", "always" (every one-group convolution that is not Winograd) or
-# "never"; ROWS_TILE_FLOATS of private space per thread hold a task's tiles.
+# "never"; ROWS_TILE_FLOATS of private space per thread hold a task's tiles
+# (16 runs of 8 positions by up to 48 channels).
 CONV_ROWS = "auto"
-ROWS_TILE_FLOATS = 16 * 8 * 32
+ROWS_TILE_FLOATS = 16 * 8 * 48
 # The last layers of a graph run on the whole batch at once (see
 # Model._tail_start) where that saves re-reading at least this many bytes of
 # weights per sample beyond the activations it keeps out of cache; their
@@ -223,6 +224,20 @@ def pw_run_length(positions: int) -> int:
     return best
 
 
+def rows_panel(K: int) -> int:
+    """Output channels per weight panel of a convolution with vectors along
+    output channels: 48 where panels of 48 leave no more empty channels than
+    panels of 32 (K = 40, 48, 96, 144, ...), else 32.
+
+    The 8x48 tile holds 24 accumulators and loads one value per two
+    multiply-adds (the 8x32 tile: 11 per 16), which measured 7-17% faster
+    on an 11x11 stride-4 stem.
+    """
+    if K > 32 and -(-K // 48) * 48 <= -(-K // 32) * 32:
+        return 48
+    return 32
+
+
 def rows_wins(attrs, C, K, H2, W2) -> bool:
     """Whether a one-group convolution runs with vectors along output channels.
 
@@ -241,7 +256,7 @@ def rows_wins(attrs, C, K, H2, W2) -> bool:
         return CONV_ROWS == "always"
     mr, nr = _engine.GEMM_MR, _engine.GEMM_NR
     P = H2 * W2
-    rows = W2 / (-(-W2 // mr) * mr) * K / (-(-K // nr) * nr)
+    rows = W2 / (-(-W2 // mr) * mr) * K / (-(-K // rows_panel(K)) * rows_panel(K))
     normal = P / (-(-P // nr) * nr) * K / (-(-K // mr) * mr)
     transposed = P / (-(-P // mr) * mr) * K / (-(-K // nr) * nr)
     strided = tuple(attrs["stride"]) != (1, 1)
@@ -279,9 +294,10 @@ def depthwise_weights16(weight: np.ndarray, bias) -> Tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(w16.reshape(groups16, 16, kk).transpose(0, 2, 1)), b16
 
 
-def panel_biases(bias, K: int) -> np.ndarray:
-    """Biases of every GEMM_NR-wide panel of output channels, zero-padded."""
-    nr = _engine.GEMM_NR
+def panel_biases(bias, K: int, nr: Optional[int] = None) -> np.ndarray:
+    """Biases of every nr-wide panel of output channels (GEMM_NR unless
+    given), zero-padded."""
+    nr = nr or _engine.GEMM_NR
     b = np.zeros(-(-K // nr) * nr, np.float32)
     if bias is not None:
         b[:K] = bias
@@ -306,16 +322,17 @@ def pack_winograd_weights(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=np.float32)
 
 
-def pack_conv_weights_t(weight: np.ndarray, groups: int) -> np.ndarray:
+def pack_conv_weights_t(weight: np.ndarray, groups: int, nr: Optional[int] = None) -> np.ndarray:
     """Conv weights [K, C/g, kh, kw] as GEMM B panels for the transposed orientation.
 
-    Layout [groups, ceil(Kg/NR), Q, NR]: output channels in panels of NR (the
-    last one zero-padded), step-major over the Q = C/g*kh*kw taps.
+    Layout [groups, ceil(Kg/NR), Q, NR]: output channels in panels of NR
+    (GEMM_NR unless given; the last one zero-padded), step-major over the
+    Q = C/g*kh*kw taps.
     """
     K = weight.shape[0]
     Kg = K // groups
     Q = int(np.prod(weight.shape[1:]))
-    nr = _engine.GEMM_NR
+    nr = nr or _engine.GEMM_NR
     n_kb = -(-Kg // nr)
     padded = np.zeros((groups, n_kb * nr, Q), dtype=np.float32)
     padded[:, :Kg] = weight.reshape(groups, Kg, Q)
@@ -593,6 +610,7 @@ class Model:
         self._tail_nodes = [name for _, names in fused[split:] for name in names]
         self._plan_ops = [step["op"] for step in steps]  # kernels chosen, for tests
         self._plan_variants = [step.get("variant") for step in steps]
+        self._plan_panels = [step.get("nr") for step in steps]  # rows: channels per panel
         self._plan = _engine.Plan(
             steps,
             head["sample"],
@@ -944,8 +962,9 @@ class Model:
                 # vectors along output channels, tiles stored channel-blocked
                 d["flag"] = 5
                 d["variant"] = "rows"
-                d["w"] = pack_conv_weights_t(w["weight"], 1)
-                d["b2"] = panel_biases(w.get("bias"), K)
+                d["nr"] = rows_panel(K)
+                d["w"] = pack_conv_weights_t(w["weight"], 1, d["nr"])
+                d["b2"] = panel_biases(w.get("bias"), K, d["nr"])
                 d.update(rows_input(a, C, H, W))
                 need = d["gimage"]
                 thread_need = ROWS_TILE_FLOATS
@@ -972,7 +991,8 @@ class Model:
             elif g == 1 and rows_wins(a, C, K, H2, W2):
                 d["flag"] = 3
                 d["variant"] = "rows"
-                d["w"] = pack_conv_weights_t(w["weight"], 1)
+                d["nr"] = rows_panel(K)
+                d["w"] = pack_conv_weights_t(w["weight"], 1, d["nr"])
                 d.update(rows_input(a, C, H, W))
                 need = d["gimage"]
                 thread_need = ROWS_TILE_FLOATS

@@ -99,6 +99,7 @@ cdef extern from "f32_gemm.h":
         cnnrt_gemm_ukernel ukernel
         cnnrt_gemm_ukernel_ind ukernel_ind
         cnnrt_gemm_ukernel_rows ukernel_rows
+        cnnrt_gemm_ukernel_rows ukernel_rows48
         const char* name
     int CNNRT_MR
     int CNNRT_NR
@@ -116,7 +117,7 @@ cdef extern from "f32_gemm.h":
                               size_t nr, size_t nr_full, size_t ahead, float* dst) noexcept nogil
     ctypedef void (*cnnrt_store_t_fn)(const float* tile, size_t mr, size_t nr,
                                       const float* bias, int act, float* dst,
-                                      size_t ldd) noexcept nogil
+                                      size_t ldd, size_t ldt) noexcept nogil
     cnnrt_store_t_fn cnnrt_store_t_select(int isa) noexcept nogil
     void cnnrt_prefetch_rows(const float* base, size_t ldd, size_t rows, size_t start,
                              size_t stop) noexcept nogil
@@ -139,8 +140,8 @@ cdef extern from "f32_c16.h":
                                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt,
                                          Py_ssize_t pl, Py_ssize_t oy, Py_ssize_t W2, int act,
                                          float* orow) noexcept nogil
-    ctypedef void (*cnnrt_store_c16_fn)(const float* c, size_t mr, const float* bias, int act,
-                                        float* y0, float* y1) noexcept nogil
+    ctypedef void (*cnnrt_store_c16_fn)(const float* c, size_t ldc, size_t mr, const float* bias,
+                                        int act, float* y0, float* y1) noexcept nogil
     ctypedef void (*cnnrt_pw_c16_fn)(size_t mr, size_t C, const float* a, Py_ssize_t bs,
                                      const float* b, const float* bias, int act, float* y0,
                                      float* y1, int first, int last) noexcept nogil
@@ -483,7 +484,8 @@ cdef void conv_task_t(const Step* s, const float* apack, float* y, float* tiles,
         p0 = pp * CNNRT_MR
         mr = span(P - p0, CNNRT_MR)
         store_t(tiles + (pp - pp0) * CNNRT_MR * CNNRT_NR, mr, nr,
-                s.b + k0 if s.b != NULL else NULL, s.act, y + (n * s.K + k0) * P + p0, P)
+                s.b + k0 if s.b != NULL else NULL, s.act, y + (n * s.K + k0) * P + p0, P,
+                CNNRT_NR)
 
 
 cdef void shared_pack_task(const Step* s, const float* x, const float* phases, float* bp,
@@ -772,14 +774,15 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
 # Convolutions with few input channels and a stride (a network's first
 # layer), strided 1x1 convolutions and layers on small maps run with the
 # output channels in the vector lanes: a tile is 8 neighbouring positions of
-# one output row by NR output channels, and the micro-kernel broadcasts each
-# position's tap straight from the input (or its zero-padded copy), so
-# nothing is packed and the stride costs nothing.  The weights were packed
-# at load as B panels of NR channels; tiles are stored transposed, with
-# bias and activation, into the NCHW output.
+# one output row by s.nr output channels (32, or 48 where the channels come
+# in multiples of 48), and the micro-kernel broadcasts each position's tap
+# straight from the input (or its zero-padded copy), so nothing is packed and
+# the stride costs nothing.  The weights were packed at load as B panels of
+# s.nr channels; tiles are stored transposed, with bias and activation, into
+# the NCHW output, or channel-blocked (flag 5).
 
-DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 KB of tiles)
-DEF ROWS_KC = 64  # taps per pass: 8 KB of weights, which stay in L1 beside the tiles
+DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 or 24 KB of tiles)
+DEF ROWS_KC = 64  # taps per pass: 8 or 12 KB of weights, which stay in L1 beside the tiles
 
 
 cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, Py_ssize_t* n,
@@ -793,6 +796,11 @@ cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, P
     return span(s.W2 - ox0[0], CNNRT_MR)
 
 
+cdef inline Py_ssize_t rows_nr(const Step* s) noexcept nogil:
+    """Output channels per weight panel of a convolution with vectors along them."""
+    return 48 if s.nr == 48 else CNNRT_NR
+
+
 cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tiles,
                          cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_t_fn store_t,
                          Py_ssize_t task, Py_ssize_t n_kb, Py_ssize_t n_runs,
@@ -802,25 +810,27 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     panel task % n_kb."""
     cdef Py_ssize_t P = s.H2 * s.W2
     cdef Py_ssize_t Q = s.C * s.kh * s.kw
+    cdef Py_ssize_t NR = rows_nr(s)
     cdef Py_ssize_t per_row = (s.W2 + CNNRT_MR - 1) // CNNRT_MR
     # weight panels vary fastest, so a thread's tasks share input runs
     cdef Py_ssize_t kb = task % n_kb
     cdef Py_ssize_t r0 = (task // n_kb) * n_runs // n_blocks
     cdef Py_ssize_t r1 = (task // n_kb + 1) * n_runs // n_blocks
-    cdef Py_ssize_t nr = s.K - kb * CNNRT_NR
-    cdef Py_ssize_t k0 = kb * CNNRT_NR
-    cdef const float* wb = s.w + kb * Q * CNNRT_NR
+    cdef Py_ssize_t nr = s.K - kb * NR
+    cdef Py_ssize_t k0 = kb * NR
+    cdef const float* wb = s.w + kb * Q * NR
     cdef Py_ssize_t image = s.gimage if s.gprep else s.C * s.H * s.W
-    cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr
+    cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr, j, ob
     cdef Py_ssize_t per_image = s.H2 * per_row
     cdef Py_ssize_t r_end, last
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
     cdef float* out
+    cdef const float* tile
     cdef cnnrt_store_c16_fn store_c16 = _c16.store
     cdef const float* run_base[ROWS_BLOCK]
     cdef Py_ssize_t run_mr[ROWS_BLOCK]
-    if nr > CNNRT_NR:
-        nr = CNNRT_NR
+    if nr > NR:
+        nr = NR
     # the output lines this task will store, fetched while it computes
     r = r0
     while r < r1 and s.flag == 3:
@@ -840,29 +850,34 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     while q0 < Q:
         kc = span(Q - q0, ROWS_KC)
         for r in range(r1 - r0):
-            ukernel(kc, run_base[r], s.toff + q0, s.sw, run_mr[r], wb + q0 * CNNRT_NR,
-                    tiles + r * CNNRT_MR * CNNRT_NR, q0 == 0)
+            ukernel(kc, run_base[r], s.toff + q0, s.sw, run_mr[r], wb + q0 * NR,
+                    tiles + r * CNNRT_MR * NR, q0 == 0)
         q0 += kc
-    if s.flag == 5:  # channel-blocked output (see f32_c16.h)
+    if s.flag == 5:  # channel-blocked output (see f32_c16.h), 32 channels per store
         for r in range(r0, r1):
             mr = run_at(s, r, per_row, &n, &oy, &ox0)
-            out = y + (n * n_ob + 2 * kb) * P * 16 + (oy * s.W2 + ox0) * 16
-            store_c16(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, s.b2 + k0, s.act,
-                      out, out + P * 16 if 2 * kb + 1 < n_ob else NULL)
+            tile = tiles + (r - r0) * CNNRT_MR * NR
+            for j in range(0, NR, 32):
+                ob = (k0 + j) // 16
+                if ob >= n_ob:
+                    break
+                out = y + (n * n_ob + ob) * P * 16 + (oy * s.W2 + ox0) * 16
+                store_c16(tile + j, NR, mr, s.b2 + k0 + j, s.act, out,
+                          out + P * 16 if ob + 1 < n_ob and j + 16 < NR else NULL)
         return
     for r in range(r0, r1):
         mr = run_at(s, r, per_row, &n, &oy, &ox0)
-        store_t(tiles + (r - r0) * CNNRT_MR * CNNRT_NR, mr, nr,
+        store_t(tiles + (r - r0) * CNNRT_MR * NR, mr, nr,
                 s.b + k0 if s.b != NULL else NULL, s.act,
-                y + (n * s.K + k0) * P + oy * s.W2 + ox0, P)
+                y + (n * s.K + k0) * P + oy * s.W2 + ox0, P, NR)
 
 
 cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, float* scratch,
                       Py_ssize_t N, int n_threads) noexcept nogil:
     """Convolution (one group) with vectors along output channels (see above)."""
-    cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows
+    cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows48 if s.nr == 48 else _gemm.ukernel_rows
     cdef cnnrt_store_t_fn store_t = _store_t
-    cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
+    cdef Py_ssize_t n_kb = (s.K + rows_nr(s) - 1) // rows_nr(s)
     cdef Py_ssize_t n_runs = N * s.H2 * ((s.W2 + CNNRT_MR - 1) // CNNRT_MR)
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
     cdef const float* grid = x
@@ -1078,7 +1093,7 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
             kc = span(s.C - q0, PW_KC)
             ukernel(kc, a, s.toff + q0, 16, mr, wb + q0 * CNNRT_NR, tiles, q0 == 0)
             q0 += kc
-        store(tiles, mr, s.b2 + kb * CNNRT_NR, s.act, out,
+        store(tiles, CNNRT_NR, mr, s.b2 + kb * CNNRT_NR, s.act, out,
               out + HW * 16 if 2 * kb + 1 < n_ob else NULL)
 
 
@@ -1803,7 +1818,7 @@ _ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6,
 _INT_FIELDS = ("in_size", "out_size", "C", "H", "W", "K", "H2", "W2", "kh", "kw",
                "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "groups",
                "outer", "axis", "inner", "th", "tw", "work", "spack",
-               "gw", "gplane", "gimage", "gprep", "run")
+               "gw", "gplane", "gimage", "gprep", "run", "nr")
 
 
 def aligned_empty(Py_ssize_t n):
@@ -2131,6 +2146,10 @@ cdef int _set_int(Step* s, str name, Py_ssize_t v) except -1:
     elif name == "gimage": s.gimage = v
     elif name == "gprep": s.gprep = v
     elif name == "run": s.run = v
+    elif name == "nr":
+        if v not in (32, 48):
+            raise ValueError(f"rows panels are 32 or 48 channels wide, not {v}")
+        s.nr = v
     else: raise KeyError(name)
 
 

@@ -69,6 +69,8 @@ ctypedef struct Step:
     # tap q's first element from the output position's grid index
     Py_ssize_t gw, gplane, gimage, gprep
     Py_ssize_t run                # c16 pointwise: positions per run (6 to 8)
+    Py_ssize_t nr                 # convolutions with vectors along output channels:
+                                  # channels per weight panel (48, else 32)
     const Py_ssize_t* toff
     int flag                      # avgpool: count_include_pad
     int io                        # 1: input 0 is the model's input, read where the

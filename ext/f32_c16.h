@@ -323,39 +323,41 @@ static void f32_maxpool_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W
 
 /* ------------------------------------------------- pointwise tile store */
 
-/* Rows r < mr of an 8x32 tile (c[r*32 + j]: position r, channel j of the
- * panel) with bias and activation into two channel blocks: y0 (channels
- * 0-15) and y1 (16-31; NULL when the panel has one real block), 16 floats
- * per position. */
-typedef void (*cnnrt_store_c16_fn)(const float *c, size_t mr, const float *bias, int act,
-                                   float *y0, float *y1);
+/* Rows r < mr of a tile (c[r*ldc + j]: position r, channel j of the panel;
+ * ldc 32 or 48) with bias and activation into two channel blocks: y0
+ * (channels 0-15) and y1 (16-31; NULL when the panel has no such block;
+ * bias[16..31] is then not read), 16 floats per position.  A 48-wide tile
+ * is stored in two calls, the second from its channel 32. */
+typedef void (*cnnrt_store_c16_fn)(const float *c, size_t ldc, size_t mr, const float *bias,
+                                   int act, float *y0, float *y1);
 
-static void f32_store_c16__scalar(const float *c, size_t mr, const float *bias, int act,
-                                  float *y0, float *y1)
+static void f32_store_c16__scalar(const float *c, size_t ldc, size_t mr, const float *bias,
+                                  int act, float *y0, float *y1)
 {
     size_t r, j;
     for (r = 0; r < mr; r++) {
         for (j = 0; j < CNNRT_C16; j++)
-            y0[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * 32 + j] + bias[j], act);
+            y0[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * ldc + j] + bias[j], act);
         if (y1 != NULL)
             for (j = 0; j < CNNRT_C16; j++)
-                y1[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * 32 + 16 + j] + bias[16 + j], act);
+                y1[r * CNNRT_C16 + j] = cnnrt_act_scalar(c[r * ldc + 16 + j] + bias[16 + j], act);
     }
 }
 
 #ifdef CNNRT_X86
 __attribute__((target("avx512f")))
-static void f32_store_c16__avx512(const float *c, size_t mr, const float *bias, int act,
-                                  float *y0, float *y1)
+static void f32_store_c16__avx512(const float *c, size_t ldc, size_t mr, const float *bias,
+                                  int act, float *y0, float *y1)
 {
-    const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+    const __m512 b0 = _mm512_loadu_ps(bias);
+    const __m512 b1 = y1 != NULL ? _mm512_loadu_ps(bias + 16) : b0;
     size_t r;
     for (r = 0; r < mr; r++) {
         _mm512_storeu_ps(y0 + r * CNNRT_C16,
-                         cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32), b0), act));
+                         cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * ldc), b0), act));
         if (y1 != NULL)
             _mm512_storeu_ps(y1 + r * CNNRT_C16,
-                             cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * 32 + 16), b1),
+                             cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(c + r * ldc + 16), b1),
                                                   act));
     }
 }

@@ -144,31 +144,50 @@ static void f32_gemm_ukernel_8x32_ind__scalar(size_t kc, const float *a, const f
  * nothing past the run is read.  The whole 8 x 32 tile is stored, without
  * bias or activation: c[r * 32 + j] (with `first` unset, added to what c
  * holds).
+ *
+ * The 8x48 variants (ukernel_rows48) do the same on panels and tiles 48
+ * channels wide: b[k * 48 + j], c[r * 48 + j].  Their 24 accumulators take
+ * one load per two multiply-adds where the 8x32 tile takes 11 per 16, and
+ * layers whose channels come in multiples of 48 fill them as well.
  */
 typedef void (*cnnrt_gemm_ukernel_rows)(size_t kc, const float *a, const ptrdiff_t *off,
                                         ptrdiff_t as, size_t mr, const float *b, float *c,
                                         int first);
 
-static void f32_gemm_ukernel_8x32_rows__scalar(size_t kc, const float *a, const ptrdiff_t *off,
-                                               ptrdiff_t as, size_t mr, const float *b,
-                                               float *c, int first)
+static inline void cnnrt_rows_scalar(size_t kc, const float *a, const ptrdiff_t *off,
+                                     ptrdiff_t as, size_t mr, const float *b, float *c,
+                                     int first, size_t width)
 {
-    float acc[CNNRT_MR][32];
+    float acc[CNNRT_MR][48];
     size_t r, j, k;
     for (r = 0; r < CNNRT_MR; r++)
-        for (j = 0; j < 32; j++)
-            acc[r][j] = first ? 0.0f : c[r * 32 + j];
+        for (j = 0; j < width; j++)
+            acc[r][j] = first ? 0.0f : c[r * width + j];
     for (k = 0; k < kc; k++) {
-        const float *bk = b + k * 32;
+        const float *bk = b + k * width;
         for (r = 0; r < CNNRT_MR; r++) {
             const float av = a[off[k] + (r < mr ? (ptrdiff_t)r : 0) * as];
-            for (j = 0; j < 32; j++)
+            for (j = 0; j < width; j++)
                 acc[r][j] += av * bk[j];
         }
     }
     for (r = 0; r < CNNRT_MR; r++)
-        for (j = 0; j < 32; j++)
-            c[r * 32 + j] = acc[r][j];
+        for (j = 0; j < width; j++)
+            c[r * width + j] = acc[r][j];
+}
+
+static void f32_gemm_ukernel_8x32_rows__scalar(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+    cnnrt_rows_scalar(kc, a, off, as, mr, b, c, first, 32);
+}
+
+static void f32_gemm_ukernel_8x48_rows__scalar(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+    cnnrt_rows_scalar(kc, a, off, as, mr, b, c, first, 48);
 }
 
 #ifdef CNNRT_X86
@@ -293,24 +312,38 @@ static void f32_gemm_ukernel_8x32_ind__avx2(size_t kc, const float *a, const flo
                                        bias, first, last, act);
 }
 
-/* One 8x8 quarter of a row-kernel tile (B columns j0..j0+7). */
+/* One 8x8 part of a row-kernel tile `width` columns wide (B columns
+ * j0..j0+7). */
 __attribute__((target("avx2,fma")))
 static inline void f32_gemm_quarter_8x8_rows__avx2(size_t kc, const float *const ar[8],
                                                    const ptrdiff_t *off, const float *b,
-                                                   float *c, int first)
+                                                   float *c, int first, size_t width)
 {
     __m256 acc[CNNRT_MR];
     size_t r, k;
     for (r = 0; r < CNNRT_MR; r++)
-        acc[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * 32);
+        acc[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * width);
     for (k = 0; k < kc; k++) {
-        const __m256 bv = _mm256_loadu_ps(b + k * 32);
+        const __m256 bv = _mm256_loadu_ps(b + k * width);
         const ptrdiff_t o = off[k];
         for (r = 0; r < CNNRT_MR; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[r] + o), bv, acc[r]);
     }
     for (r = 0; r < CNNRT_MR; r++)
-        _mm256_storeu_ps(c + r * 32, acc[r]);
+        _mm256_storeu_ps(c + r * width, acc[r]);
+}
+
+__attribute__((target("avx2,fma")))
+static inline void cnnrt_rows_avx2(size_t kc, const float *a, const ptrdiff_t *off,
+                                   ptrdiff_t as, size_t mr, const float *b, float *c,
+                                   int first, size_t width)
+{
+    const float *ar[CNNRT_MR];
+    size_t r, j0;
+    for (r = 0; r < CNNRT_MR; r++)
+        ar[r] = a + (r < mr ? (ptrdiff_t)r : 0) * as;
+    for (j0 = 0; j0 < width; j0 += 8)
+        f32_gemm_quarter_8x8_rows__avx2(kc, ar, off, b + j0, c + j0, first, width);
 }
 
 __attribute__((target("avx2,fma")))
@@ -318,12 +351,15 @@ static void f32_gemm_ukernel_8x32_rows__avx2(size_t kc, const float *a, const pt
                                              ptrdiff_t as, size_t mr, const float *b,
                                              float *c, int first)
 {
-    const float *ar[CNNRT_MR];
-    size_t r, j0;
-    for (r = 0; r < CNNRT_MR; r++)
-        ar[r] = a + (r < mr ? (ptrdiff_t)r : 0) * as;
-    for (j0 = 0; j0 < 32; j0 += 8)
-        f32_gemm_quarter_8x8_rows__avx2(kc, ar, off, b + j0, c + j0, first);
+    cnnrt_rows_avx2(kc, a, off, as, mr, b, c, first, 32);
+}
+
+__attribute__((target("avx2,fma")))
+static void f32_gemm_ukernel_8x48_rows__avx2(size_t kc, const float *a, const ptrdiff_t *off,
+                                             ptrdiff_t as, size_t mr, const float *b,
+                                             float *c, int first)
+{
+    cnnrt_rows_avx2(kc, a, off, as, mr, b, c, first, 48);
 }
 
 /* ---------------------------------------------------------------- AVX-512 */
@@ -571,6 +607,85 @@ static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const 
     cnnrt_rows_8x32_avx512(kc, a, off, as, mr, b, c, first);
 }
 
+/* One step of the 8x48 tile: position R's tap times the three B vectors. */
+#define CNNRT_ROWS48_FMA(R, AR)                                                  \
+    av = _mm512_set1_ps((AR)[o]);                                               \
+    c##R##0 = _mm512_fmadd_ps(av, b0, c##R##0);                                 \
+    c##R##1 = _mm512_fmadd_ps(av, b1, c##R##1);                                 \
+    c##R##2 = _mm512_fmadd_ps(av, b2, c##R##2);
+#define CNNRT_ROWS48_LOAD(R)                                                     \
+    c##R##0 = _mm512_loadu_ps(c + R * 48);                                      \
+    c##R##1 = _mm512_loadu_ps(c + R * 48 + 16);                                 \
+    c##R##2 = _mm512_loadu_ps(c + R * 48 + 32);
+#define CNNRT_ROWS48_STORE(R)                                                    \
+    _mm512_storeu_ps(c + R * 48, c##R##0);                                      \
+    _mm512_storeu_ps(c + R * 48 + 16, c##R##1);                                 \
+    _mm512_storeu_ps(c + R * 48 + 32, c##R##2);
+
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_rows_8x48_avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                          const ptrdiff_t as, size_t mr, const float *b,
+                                          float *c, int first)
+{
+    __m512 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+    __m512 c40, c41, c42, c50, c51, c52, c60, c61, c62, c70, c71, c72;
+    const float *a0 = a, *a1, *a2, *a3, *a4, *a5, *a6, *a7;
+    size_t k;
+    a1 = a + (mr > 1 ? 1 : 0) * as; a2 = a + (mr > 2 ? 2 : 0) * as;
+    a3 = a + (mr > 3 ? 3 : 0) * as; a4 = a + (mr > 4 ? 4 : 0) * as;
+    a5 = a + (mr > 5 ? 5 : 0) * as; a6 = a + (mr > 6 ? 6 : 0) * as;
+    a7 = a + (mr > 7 ? 7 : 0) * as;
+    if (first) {
+        c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = _mm512_setzero_ps();
+        c30 = c31 = c32 = c40 = c41 = c42 = c50 = c51 = c52 = _mm512_setzero_ps();
+        c60 = c61 = c62 = c70 = c71 = c72 = _mm512_setzero_ps();
+    } else {
+        CNNRT_ROWS48_LOAD(0) CNNRT_ROWS48_LOAD(1) CNNRT_ROWS48_LOAD(2) CNNRT_ROWS48_LOAD(3)
+        CNNRT_ROWS48_LOAD(4) CNNRT_ROWS48_LOAD(5) CNNRT_ROWS48_LOAD(6) CNNRT_ROWS48_LOAD(7)
+    }
+    for (k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = _mm512_loadu_ps(b + 16);
+        const __m512 b2 = _mm512_loadu_ps(b + 32);
+        const ptrdiff_t o = off[k];
+        __m512 av;
+        CNNRT_ROWS48_FMA(0, a0) CNNRT_ROWS48_FMA(1, a1) CNNRT_ROWS48_FMA(2, a2)
+        CNNRT_ROWS48_FMA(3, a3) CNNRT_ROWS48_FMA(4, a4) CNNRT_ROWS48_FMA(5, a5)
+        CNNRT_ROWS48_FMA(6, a6) CNNRT_ROWS48_FMA(7, a7)
+        b += 48;
+    }
+    CNNRT_ROWS48_STORE(0) CNNRT_ROWS48_STORE(1) CNNRT_ROWS48_STORE(2) CNNRT_ROWS48_STORE(3)
+    CNNRT_ROWS48_STORE(4) CNNRT_ROWS48_STORE(5) CNNRT_ROWS48_STORE(6) CNNRT_ROWS48_STORE(7)
+}
+#undef CNNRT_ROWS48_FMA
+#undef CNNRT_ROWS48_LOAD
+#undef CNNRT_ROWS48_STORE
+
+__attribute__((target("avx512f")))
+static void f32_gemm_ukernel_8x48_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                               ptrdiff_t as, size_t mr, const float *b,
+                                               float *c, int first)
+{
+#define CNNRT_ROWS48_AS(AS)                                                     \
+    switch (mr) {                                                               \
+    case 8: cnnrt_rows_8x48_avx512(kc, a, off, AS, 8, b, c, first); return;    \
+    case 7: cnnrt_rows_8x48_avx512(kc, a, off, AS, 7, b, c, first); return;    \
+    case 6: cnnrt_rows_8x48_avx512(kc, a, off, AS, 6, b, c, first); return;    \
+    case 5: cnnrt_rows_8x48_avx512(kc, a, off, AS, 5, b, c, first); return;    \
+    case 4: cnnrt_rows_8x48_avx512(kc, a, off, AS, 4, b, c, first); return;    \
+    default: break;                                                             \
+    }
+    if (as == 1) {
+        CNNRT_ROWS48_AS(1)
+    } else if (as == 2) {
+        CNNRT_ROWS48_AS(2)
+    } else if (as == 4) {
+        CNNRT_ROWS48_AS(4)
+    }
+#undef CNNRT_ROWS48_AS
+    cnnrt_rows_8x48_avx512(kc, a, off, as, mr, b, c, first);
+}
+
 /* The in-lane half of a transpose of n rows (n a multiple of 4): for each
  * group of four rows r[i..i+3], out[i + k] lane 4g + j holds what r[i + j]
  * held in lane 4g + k (a 4x4 transpose inside every 128-bit lane). */
@@ -683,22 +798,23 @@ static inline void cnnrt_prefetch_rows(const float *base, size_t ldd, size_t row
  *
  * The transposed convolution orientation computes an 8 x NR tile whose rows
  * are output positions and whose columns are output channels.  This stores
- * it transposed: dst[j * ldd + r] = act(tile[r * NR + j] + bias[j]) for
- * r < mr, j < nr.  Same arithmetic in every variant (one add, then the
+ * it transposed: dst[j * ldd + r] = act(tile[r * ldt + j] + bias[j]) for
+ * r < mr, j < nr, where ldt is the tile's row stride (32, or 48 for the
+ * 8x48 row kernels).  Same arithmetic in every variant (one add, then the
  * activation).
  */
 typedef void (*cnnrt_store_t_fn)(const float *tile, size_t mr, size_t nr, const float *bias,
-                                 int act, float *dst, size_t ldd);
+                                 int act, float *dst, size_t ldd, size_t ldt);
 
 static void f32_store_t__scalar(const float *tile, size_t mr, size_t nr, const float *bias,
-                                int act, float *dst, size_t ldd)
+                                int act, float *dst, size_t ldd, size_t ldt)
 {
     size_t j, r;
     for (j = 0; j < nr; j++) {
         const float bv = bias ? bias[j] : 0.0f;
         float *d = dst + j * ldd;
         for (r = 0; r < mr; r++)
-            d[r] = cnnrt_act_scalar(tile[r * CNNRT_NR + j] + bv, act);
+            d[r] = cnnrt_act_scalar(tile[r * ldt + j] + bv, act);
     }
 }
 
@@ -724,7 +840,7 @@ static inline void cnnrt_transpose8_avx2(__m256 r[8])
 
 __attribute__((target("avx2,fma")))
 static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const float *bias,
-                              int act, float *dst, size_t ldd)
+                              int act, float *dst, size_t ldd, size_t ldt)
 {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)mr), lanes);
@@ -733,7 +849,7 @@ static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const flo
         __m256 c[8];
         const size_t nj = nr - jb < 8 ? nr - jb : 8;
         for (r = 0; r < 8; r++)
-            c[r] = _mm256_loadu_ps(tile + r * CNNRT_NR + jb);
+            c[r] = _mm256_loadu_ps(tile + r * ldt + jb);
         cnnrt_transpose8_avx2(c); /* c[j] = column jb + j of the tile */
         for (j = 0; j < nj; j++) {
             float *d = dst + (jb + j) * ldd;
@@ -759,7 +875,7 @@ static void f32_store_t__avx2(const float *tile, size_t mr, size_t nr, const flo
  * 8-15 by a masked store shifted back by 8. */
 __attribute__((target("avx512f")))
 static void f32_store_t__avx512(const float *tile, size_t mr, size_t nr, const float *bias,
-                                int act, float *dst, size_t ldd)
+                                int act, float *dst, size_t ldd, size_t ldt)
 {
     const __mmask16 lo = (__mmask16)((1u << mr) - 1u), hi = (__mmask16)(lo << 8);
     size_t jb, j, r, k;
@@ -769,7 +885,7 @@ static void f32_store_t__avx512(const float *tile, size_t mr, size_t nr, const f
         const __m512 bv = bias ? _mm512_maskz_loadu_ps(cm, bias + jb) : _mm512_setzero_ps();
         __m512 x[8], u[8];
         for (r = 0; r < 8; r++)
-            x[r] = cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(tile + r * CNNRT_NR + jb), bv),
+            x[r] = cnnrt_act_avx512(_mm512_add_ps(_mm512_loadu_ps(tile + r * ldt + jb), bv),
                                     act);
         /* u[k] (k < 4): lane group g holds channel 4g + k, positions 0-3;
          * u[k + 4] the same channels, positions 4-7 */
@@ -792,7 +908,7 @@ static void f32_store_t__avx512(const float *tile, size_t mr, size_t nr, const f
             for (j = 0; j < nj; j++)
                 for (r = 0; r < mr; r++)
                     dst[(jb + j) * ldd + r] = cnnrt_act_scalar(
-                        tile[r * CNNRT_NR + jb + j] + (bias ? bias[jb + j] : 0.0f), act);
+                        tile[r * ldt + jb + j] + (bias ? bias[jb + j] : 0.0f), act);
     }
 }
 
@@ -816,6 +932,7 @@ typedef struct {
     cnnrt_gemm_ukernel ukernel;
     cnnrt_gemm_ukernel_ind ukernel_ind;
     cnnrt_gemm_ukernel_rows ukernel_rows;
+    cnnrt_gemm_ukernel_rows ukernel_rows48;
     const char *name;
 } cnnrt_gemm_config;
 
@@ -848,6 +965,7 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
     cfg.ukernel = f32_gemm_ukernel_8x32__scalar;
     cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__scalar;
     cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__scalar;
+    cfg.ukernel_rows48 = f32_gemm_ukernel_8x48_rows__scalar;
     cfg.name = "f32_gemm_ukernel_8x32__scalar";
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
@@ -856,6 +974,7 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
         cfg.ukernel = f32_gemm_ukernel_8x32__avx512;
         cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx512;
         cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__avx512;
+        cfg.ukernel_rows48 = f32_gemm_ukernel_8x48_rows__avx512;
         cfg.name = "f32_gemm_ukernel_8x32__avx512";
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.isa = CNNRT_ISA_AVX2;
@@ -863,6 +982,7 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
         cfg.ukernel = f32_gemm_ukernel_8x32__avx2;
         cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx2;
         cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__avx2;
+        cfg.ukernel_rows48 = f32_gemm_ukernel_8x48_rows__avx2;
         cfg.name = "f32_gemm_ukernel_8x32__avx2";
     }
 #endif

@@ -159,12 +159,30 @@ def test_gemm_conv_both_orientations(isa, gemm_path, monkeypatch, transposed, sh
     dict(c=6, h=40, w=20, k=8, kernel=5, stride=2, pad=2, act="sigmoid"),
 ])
 def test_conv_rows(isa, monkeypatch, shape):
-    """Vectors along output channels, taps broadcast from the input in place."""
+    """Vectors along output channels, taps broadcast from the input in place
+    (panels of 48 channels where K is 33, 36, 40 or 65, else of 32)."""
     monkeypatch.setattr(model_mod, "CONV_ROWS", "always")
     monkeypatch.setattr(model_mod, "USE_WINOGRAD", False)
     graph, w, b, pad = conv_model(**shape)
     m = check(graph, w, b, pad, batch=3)
     assert m._plan_variants == ["rows"]
+    assert m._plan_panels == [48 if shape["k"] in (33, 36, 40, 65) else 32]
+
+
+@pytest.mark.parametrize("k,panel", [
+    (1, 32), (16, 32), (32, 32), (33, 48), (40, 48), (48, 48), (49, 32), (64, 32),
+    (65, 48), (96, 48), (128, 32), (144, 48), (192, 48), (512, 32),
+])
+def test_rows_panel_width(k, panel):
+    """Panels of 48 channels wherever they leave no more channels empty than 32."""
+    assert model_mod.rows_panel(k) == panel
+    weight = np.random.default_rng(k).standard_normal((k, 3, 2, 2)).astype(np.float32)
+    packed = model_mod.pack_conv_weights_t(weight, 1, panel)
+    assert packed.shape == (1, -(-k // panel), 12, panel)
+    # panel j, tap q, lane i holds channel j * panel + i's tap q; the rest is zero
+    full = packed[0].transpose(0, 2, 1).reshape(-1, 12)
+    np.testing.assert_array_equal(full[:k], weight.reshape(k, 12))
+    assert not full[k:].any()
 
 
 @pytest.mark.parametrize("case,rows", [
@@ -462,6 +480,11 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
     dict(c=3, h=40, w=31, specs=[("conv", 32, 5, 2, 2, "relu"), ("maxpool", 3, 2, 1),
                                  ("conv", 8, 3, 1, 1, "none")]),
     dict(c=3, h=47, w=47, specs=[("conv", 96, 11, 4, 0, "relu"), ("maxpool", 3, 2, 0)]),
+    # panels of 48 channels: three blocks of 16 per panel, the last one
+    # partly padded (40 channels), or three panels (144)
+    dict(c=3, h=21, w=31, specs=[("conv", 40, 3, 2, 1, "relu"), ("dw", 3, 1, 1, 1, "relu"),
+                                 ("pw", 24, "none")]),
+    dict(c=5, h=18, w=27, specs=[("conv", 144, 3, 2, 1, "none"), ("maxpool", 2, 2, 0)]),
     # pointwise runs of 7 positions on 7x7 maps (three passes of input
     # channels, a last panel of 8 channels), of 6 on 6x6 and, with a partial
     # run, on 3x3
@@ -494,6 +517,7 @@ def test_c16_chains(isa, monkeypatch, case, batch):
     assert m._plan_ops.count("maxpool_c16") == sum(s[0] == "maxpool" for s in case["specs"])
     if case["specs"][0][0] == "conv":  # written channel-blocked, not reordered
         assert m._plan_ops[0] == "conv2d" and "to_c16" not in m._plan_ops
+        assert m._plan_panels[0] == model_mod.rows_panel(case["specs"][0][1])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
