@@ -529,18 +529,26 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
     }
 }
 
+/* The eight positions' first taps a0..a7 of a row micro-kernel: as apart,
+ * rows past the run repeating row 0. */
+#define CNNRT_ROWS_POINTERS                                                     \
+    const float *const a0 = a;                                                  \
+    const float *const a1 = a + (mr > 1 ? 1 : 0) * as;                          \
+    const float *const a2 = a + (mr > 2 ? 2 : 0) * as;                          \
+    const float *const a3 = a + (mr > 3 ? 3 : 0) * as;                          \
+    const float *const a4 = a + (mr > 4 ? 4 : 0) * as;                          \
+    const float *const a5 = a + (mr > 5 ? 5 : 0) * as;                          \
+    const float *const a6 = a + (mr > 6 ? 6 : 0) * as;                          \
+    const float *const a7 = a + (mr > 7 ? 7 : 0) * as;
+
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                           const ptrdiff_t as, size_t mr, const float *b,
                                           float *c, int first)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
-    const float *a0 = a, *a1, *a2, *a3, *a4, *a5, *a6, *a7;
+    CNNRT_ROWS_POINTERS
     size_t k;
-    a1 = a + (mr > 1 ? 1 : 0) * as; a2 = a + (mr > 2 ? 2 : 0) * as;
-    a3 = a + (mr > 3 ? 3 : 0) * as; a4 = a + (mr > 4 ? 4 : 0) * as;
-    a5 = a + (mr > 5 ? 5 : 0) * as; a6 = a + (mr > 6 ? 6 : 0) * as;
-    a7 = a + (mr > 7 ? 7 : 0) * as;
     if (first) {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm512_setzero_ps();
         c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = _mm512_setzero_ps();
@@ -581,30 +589,33 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
 
 /* With a stride of 1, 2 or 4, the eight broadcasts of a step are one base
  * and index at fixed displacements (rows past the run repeat row 0);
- * otherwise eight row pointers. */
+ * otherwise eight row pointers.  BODY is compiled for each stride and for
+ * runs of 4 to 8 positions. */
+#define CNNRT_ROWS_MR(BODY, AS)                                                 \
+    switch (mr) {                                                               \
+    case 8: BODY(kc, a, off, AS, 8, b, c, first); return;                       \
+    case 7: BODY(kc, a, off, AS, 7, b, c, first); return;                       \
+    case 6: BODY(kc, a, off, AS, 6, b, c, first); return;                       \
+    case 5: BODY(kc, a, off, AS, 5, b, c, first); return;                       \
+    case 4: BODY(kc, a, off, AS, 4, b, c, first); return;                       \
+    default: break;                                                             \
+    }
+#define CNNRT_ROWS_DISPATCH(BODY)                                               \
+    if (as == 1) {                                                              \
+        CNNRT_ROWS_MR(BODY, 1)                                                  \
+    } else if (as == 2) {                                                       \
+        CNNRT_ROWS_MR(BODY, 2)                                                  \
+    } else if (as == 4) {                                                       \
+        CNNRT_ROWS_MR(BODY, 4)                                                  \
+    }                                                                           \
+    BODY(kc, a, off, as, mr, b, c, first);
+
 __attribute__((target("avx512f")))
 static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                                ptrdiff_t as, size_t mr, const float *b,
                                                float *c, int first)
 {
-#define CNNRT_ROWS_AS(AS)                                                       \
-    switch (mr) {                                                               \
-    case 8: cnnrt_rows_8x32_avx512(kc, a, off, AS, 8, b, c, first); return;    \
-    case 7: cnnrt_rows_8x32_avx512(kc, a, off, AS, 7, b, c, first); return;    \
-    case 6: cnnrt_rows_8x32_avx512(kc, a, off, AS, 6, b, c, first); return;    \
-    case 5: cnnrt_rows_8x32_avx512(kc, a, off, AS, 5, b, c, first); return;    \
-    case 4: cnnrt_rows_8x32_avx512(kc, a, off, AS, 4, b, c, first); return;    \
-    default: break;                                                             \
-    }
-    if (as == 1) {
-        CNNRT_ROWS_AS(1)
-    } else if (as == 2) {
-        CNNRT_ROWS_AS(2)
-    } else if (as == 4) {
-        CNNRT_ROWS_AS(4)
-    }
-#undef CNNRT_ROWS_AS
-    cnnrt_rows_8x32_avx512(kc, a, off, as, mr, b, c, first);
+    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x32_avx512)
 }
 
 /* One step of the 8x48 tile: position R's tap times the three B vectors. */
@@ -629,12 +640,8 @@ static inline void cnnrt_rows_8x48_avx512(size_t kc, const float *a, const ptrdi
 {
     __m512 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
     __m512 c40, c41, c42, c50, c51, c52, c60, c61, c62, c70, c71, c72;
-    const float *a0 = a, *a1, *a2, *a3, *a4, *a5, *a6, *a7;
+    CNNRT_ROWS_POINTERS
     size_t k;
-    a1 = a + (mr > 1 ? 1 : 0) * as; a2 = a + (mr > 2 ? 2 : 0) * as;
-    a3 = a + (mr > 3 ? 3 : 0) * as; a4 = a + (mr > 4 ? 4 : 0) * as;
-    a5 = a + (mr > 5 ? 5 : 0) * as; a6 = a + (mr > 6 ? 6 : 0) * as;
-    a7 = a + (mr > 7 ? 7 : 0) * as;
     if (first) {
         c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = _mm512_setzero_ps();
         c30 = c31 = c32 = c40 = c41 = c42 = c50 = c51 = c52 = _mm512_setzero_ps();
@@ -666,25 +673,11 @@ static void f32_gemm_ukernel_8x48_rows__avx512(size_t kc, const float *a, const 
                                                ptrdiff_t as, size_t mr, const float *b,
                                                float *c, int first)
 {
-#define CNNRT_ROWS48_AS(AS)                                                     \
-    switch (mr) {                                                               \
-    case 8: cnnrt_rows_8x48_avx512(kc, a, off, AS, 8, b, c, first); return;    \
-    case 7: cnnrt_rows_8x48_avx512(kc, a, off, AS, 7, b, c, first); return;    \
-    case 6: cnnrt_rows_8x48_avx512(kc, a, off, AS, 6, b, c, first); return;    \
-    case 5: cnnrt_rows_8x48_avx512(kc, a, off, AS, 5, b, c, first); return;    \
-    case 4: cnnrt_rows_8x48_avx512(kc, a, off, AS, 4, b, c, first); return;    \
-    default: break;                                                             \
-    }
-    if (as == 1) {
-        CNNRT_ROWS48_AS(1)
-    } else if (as == 2) {
-        CNNRT_ROWS48_AS(2)
-    } else if (as == 4) {
-        CNNRT_ROWS48_AS(4)
-    }
-#undef CNNRT_ROWS48_AS
-    cnnrt_rows_8x48_avx512(kc, a, off, as, mr, b, c, first);
+    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x48_avx512)
 }
+#undef CNNRT_ROWS_DISPATCH
+#undef CNNRT_ROWS_MR
+#undef CNNRT_ROWS_POINTERS
 
 /* The in-lane half of a transpose of n rows (n a multiple of 4): for each
  * group of four rows r[i..i+3], out[i + k] lane 4g + j holds what r[i + j]
