@@ -63,6 +63,9 @@ TAIL_CHUNK_FACTOR = 16
 # depthwise layer and at least two convolutions; "always" for every such
 # convolution; "never".
 C16 = "auto"
+# Channel-blocked pointwise convolutions with five or more blocks of 16
+# output channels use panels of 48 channels (see pw_panels).
+PW_PANELS48 = True
 _C16_ACTS = ("none", "relu", "relu6")
 # 2x2 stride-2 max pools after Winograd convolutions run inside the
 # convolution's output transform (see Model._pool_fuses): "auto" or "never".
@@ -236,6 +239,44 @@ def rows_panel(K: int) -> int:
     if K > 32 and -(-K // 48) * 48 <= -(-K // 32) * 32:
         return 48
     return 32
+
+
+def pw_panels(K: int) -> List[int]:
+    """Widths of the weight panels of a channel-blocked pointwise convolution.
+
+    Panels of 48 channels (three blocks of 16), then one or two of 32, so
+    that the panels cover exactly the ceil(K / 16) blocks: 512 channels are
+    ten panels of 48 and one of 32, 256 four of 48 and two of 32.  Layers
+    with one to four blocks, and every layer when PW_PANELS48 is off, keep
+    panels of 32.  The 48-channel tile loads one value per two multiply-adds
+    (the 32-channel one: nine or ten per 14 or 16) and reads each input
+    position for fewer panels; over MobileNet v1's 512-channel 14x14 layer
+    in a C loop it measured 13-16% faster.
+    """
+    k16 = -(-K // 16)
+    b = (0, 2, 1)[k16 % 3]
+    a = (k16 - 2 * b) // 3
+    if not PW_PANELS48 or a < 1:
+        return [32] * -(-K // 32)
+    return [48] * a + [32] * b
+
+
+def pack_pointwise_panels(weight: np.ndarray, bias, widths: List[int]):
+    """Pointwise weights [K, C, 1, 1] as B panels of the given widths, each
+    [C][width] (channels past K zero), one after another, and the biases of
+    every panel, zero-padded, one after another."""
+    K, C = weight.shape[:2]
+    total = sum(widths)
+    wt = np.zeros((total, C), np.float32)
+    wt[:K] = weight.reshape(K, C)
+    b = np.zeros(total, np.float32)
+    if bias is not None:
+        b[:K] = bias
+    parts, k0 = [], 0
+    for width in widths:
+        parts.append(wt[k0:k0 + width].T.reshape(-1))
+        k0 += width
+    return np.ascontiguousarray(np.concatenate(parts)), b
 
 
 def rows_wins(attrs, C, K, H2, W2) -> bool:
@@ -1079,8 +1120,13 @@ class Model:
         d["flag"] = 4
         d["variant"] = "c16"
         d["run"] = pw_run_length(HW)
-        d["w"] = pack_conv_weights_t(w["weight"], 1)
-        d["b2"] = panel_biases(w.get("bias"), K)
+        widths = pw_panels(K)
+        if 48 in widths:
+            d["nr"] = 48
+            d["w"], d["b2"] = pack_pointwise_panels(w["weight"], w.get("bias"), widths)
+        else:
+            d["w"] = pack_conv_weights_t(w["weight"], 1)
+            d["b2"] = panel_biases(w.get("bias"), K)
         # tap q (input channel q) of a position: block q // 16, lane q % 16
         q = np.arange(C)
         d["toff"] = ((q // 16) * HW * 16 + q % 16).astype(np.intp)

@@ -145,6 +145,9 @@ cdef extern from "f32_c16.h":
     ctypedef void (*cnnrt_pw_c16_fn)(size_t mr, size_t C, const float* a, Py_ssize_t bs,
                                      const float* b, const float* bias, int act, float* y0,
                                      float* y1, int first, int last) noexcept nogil
+    ctypedef void (*cnnrt_pw48_c16_fn)(size_t mr, size_t C, const float* a, Py_ssize_t bs,
+                                       const float* b, const float* bias, int act, float* y0,
+                                       float* y1, float* y2, int first, int last) noexcept nogil
     ctypedef void (*cnnrt_maxpool_c16_row_fn)(const float* x, Py_ssize_t H, Py_ssize_t W,
                                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                                               Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
@@ -156,6 +159,7 @@ cdef extern from "f32_c16.h":
         cnnrt_dw_c16_row_fn dw_row
         cnnrt_store_c16_fn store
         cnnrt_pw_c16_fn pw
+        cnnrt_pw48_c16_fn pw48
         cnnrt_maxpool_c16_row_fn maxpool_row
     cnnrt_c16_config cnnrt_c16_select(int isa) nogil
 
@@ -1044,29 +1048,65 @@ cdef void maxpool_c16(const Step* s, const float* x, float* y, Py_ssize_t N,
                y + nb * out_block + oy * s.W2 * 16)
 
 
+cdef inline Py_ssize_t pw_panel(const Step* s, Py_ssize_t kb, Py_ssize_t* k0,
+                                 Py_ssize_t* woff) noexcept nogil:
+    """Width (32 or 48), first channel and weight offset of pointwise panel kb.
+
+    With s.nr 48 the panels are a of 48 channels, then b of 32 (see
+    cnnrt.model.pw_panels): 3a + 2b blocks of 16 in all."""
+    cdef Py_ssize_t k16 = (s.K + 15) // 16
+    cdef Py_ssize_t b = 0, a
+    if s.nr != 48:
+        k0[0] = kb * 32
+        woff[0] = kb * s.C * 32
+        return 32
+    if k16 % 3 == 1:
+        b = 2
+    elif k16 % 3 == 2:
+        b = 1
+    a = (k16 - 2 * b) // 3
+    if kb < a:
+        k0[0] = kb * 48
+        woff[0] = kb * s.C * 48
+        return 48
+    k0[0] = a * 48 + (kb - a) * 32
+    woff[0] = a * s.C * 48 + (kb - a) * s.C * 32
+    return 32
+
+
+cdef inline Py_ssize_t pw_n_panels(const Step* s) noexcept nogil:
+    cdef Py_ssize_t k16 = (s.K + 15) // 16
+    if s.nr != 48:
+        return (s.K + 31) // 32
+    return (k16 + 2) // 3 if k16 % 3 != 1 else (k16 - 4) // 3 + 2
+
+
 cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
-                      cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_c16_fn store,
-                      cnnrt_pw_c16_fn pw, Py_ssize_t kb, Py_ssize_t block,
-                      Py_ssize_t n_runs) noexcept nogil:
-    """Up to ROWS_BLOCK runs of s.run positions (8, or 7 or 6 where those fill
-    the map better) against one 32-channel weight panel; the taps of a
-    position are its channels, 16 floats apart within a block (toff), and
-    neighbouring positions 16 floats apart.  Whole runs go through the
-    pointwise kernel of the ISA where it has one."""
+                      cnnrt_gemm_ukernel_rows ukernel, cnnrt_gemm_ukernel_rows ukernel48,
+                      cnnrt_store_c16_fn store, cnnrt_pw_c16_fn pw, cnnrt_pw48_c16_fn pw48,
+                      Py_ssize_t kb, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Runs r0 to r1 (at most ROWS_BLOCK) of s.run positions (8, or 7 or 6 where those fill
+    the map better) against one weight panel of 32 or 48 channels
+    (pw_panel); the taps of a position are its channels, 16 floats apart
+    within a block (toff), and neighbouring positions 16 floats apart.  Whole
+    runs go through the pointwise kernel of the ISA where it has one."""
     cdef Py_ssize_t HW = s.H * s.W
     cdef Py_ssize_t L = s.run
     cdef Py_ssize_t per_image = (HW + L - 1) // L
     cdef Py_ssize_t in_image = (s.C + 15) // 16 * 16 * HW
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
-    cdef Py_ssize_t r0 = block * ROWS_BLOCK
-    cdef Py_ssize_t r1 = r0 + ROWS_BLOCK
-    cdef const float* wb = s.w + kb * s.C * CNNRT_NR
+    cdef Py_ssize_t k0, woff
+    cdef Py_ssize_t width = pw_panel(s, kb, &k0, &woff)
+    cdef Py_ssize_t ob = k0 // 16
+    cdef const float* wb = s.w + woff
+    cdef const float* bias = s.b2 + k0
     cdef Py_ssize_t q0, kc, r, n, p0, mr
+    cdef bint whole = pw != NULL and (width == 32 or pw48 != NULL)
     cdef const float* a
     cdef float* out
-    if r1 > n_runs:
-        r1 = n_runs
-    if pw != NULL:  # 128 channels at a time, partial sums kept in the output
+    cdef float* out1
+    cdef float* out2
+    if whole:  # 128 channels at a time, partial sums kept in the output
         q0 = 0
         while q0 < s.C:
             kc = span(s.C - q0, PW_KC)
@@ -1075,49 +1115,91 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
                 p0 = (r - n * per_image) * L
                 if HW - p0 < L:
                     continue
-                out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
-                pw(L, kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * CNNRT_NR,
-                   s.b2 + kb * CNNRT_NR, s.act, out,
-                   out + HW * 16 if 2 * kb + 1 < n_ob else NULL, q0 == 0, q0 + kc >= s.C)
+                out = y + (n * n_ob + ob) * HW * 16 + p0 * 16
+                out1 = out + HW * 16 if ob + 1 < n_ob else NULL
+                if width == 48:
+                    out2 = out + 2 * HW * 16 if ob + 2 < n_ob else NULL
+                    pw48(L, kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * 48,
+                         bias, s.act, out, out1, out2, q0 == 0, q0 + kc >= s.C)
+                else:
+                    pw(L, kc, x + n * in_image + q0 * HW + p0 * 16, HW * 16, wb + q0 * 32,
+                       bias, s.act, out, out1, q0 == 0, q0 + kc >= s.C)
             q0 += kc
     for r in range(r0, r1):
         n = r // per_image
         p0 = (r - n * per_image) * L
         mr = span(HW - p0, L)
-        if pw != NULL and mr == L:
+        if whole and mr == L:
             continue
         a = x + n * in_image + p0 * 16
-        out = y + (n * n_ob + 2 * kb) * HW * 16 + p0 * 16
+        out = y + (n * n_ob + ob) * HW * 16 + p0 * 16
         q0 = 0
         while q0 < s.C:
             kc = span(s.C - q0, PW_KC)
-            ukernel(kc, a, s.toff + q0, 16, mr, wb + q0 * CNNRT_NR, tiles, q0 == 0)
+            if width == 48:
+                ukernel48(kc, a, s.toff + q0, 16, mr, wb + q0 * 48, tiles, q0 == 0)
+            else:
+                ukernel(kc, a, s.toff + q0, 16, mr, wb + q0 * 32, tiles, q0 == 0)
             q0 += kc
-        store(tiles, CNNRT_NR, mr, s.b2 + kb * CNNRT_NR, s.act, out,
-              out + HW * 16 if 2 * kb + 1 < n_ob else NULL)
+        store(tiles, width, mr, bias, s.act, out, out + HW * 16 if ob + 1 < n_ob else NULL)
+        if width == 48 and ob + 2 < n_ob:
+            store(tiles + 32, width, mr, bias + 32, s.act, out + 2 * HW * 16, NULL)
+
+
+cdef void pw_c16_share(const Step* s, const float* x, float* y, float* tiles,
+                       cnnrt_gemm_ukernel_rows ukernel, cnnrt_gemm_ukernel_rows ukernel48,
+                       cnnrt_store_c16_fn store, cnnrt_pw_c16_fn pw, cnnrt_pw48_c16_fn pw48,
+                       Py_ssize_t share, Py_ssize_t n_shares, Py_ssize_t n_kb,
+                       Py_ssize_t n_runs) noexcept nogil:
+    """Share ``share`` of n_shares equal shares of the multiply-adds, panel
+    by panel (each panel's runs in order, a run costing the panel's width),
+    in blocks of up to ROWS_BLOCK runs.  Panels of 48 and 32 channels then
+    still give every thread the same work."""
+    cdef Py_ssize_t kb, k0, woff, width, lo, hi, ra, rb, r
+    cdef Py_ssize_t total = 0, acc = 0
+    for kb in range(n_kb):
+        total += pw_panel(s, kb, &k0, &woff) * n_runs
+    lo = share * total // n_shares
+    hi = (share + 1) * total // n_shares
+    for kb in range(n_kb):
+        width = pw_panel(s, kb, &k0, &woff)
+        if acc + width * n_runs > lo and acc < hi:
+            ra = (lo - acc) // width if lo > acc else 0
+            rb = (hi - acc) // width if hi < acc + width * n_runs else n_runs
+            r = ra
+            while r < rb:
+                pw_c16_task(s, x, y, tiles, ukernel, ukernel48, store, pw, pw48, kb, r,
+                            r + ROWS_BLOCK if r + ROWS_BLOCK < rb else rb)
+                r += ROWS_BLOCK
+        acc += width * n_runs
 
 
 cdef void conv2d_pw_c16(const Step* s, const float* x, float* y, float* scratch,
                         Py_ssize_t N, int n_threads) noexcept nogil:
     """1x1 stride-1 convolution (one group), c16 in and out."""
     cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows
+    cdef cnnrt_gemm_ukernel_rows ukernel48 = _gemm.ukernel_rows48
     cdef cnnrt_store_c16_fn store = _c16.store
     cdef cnnrt_pw_c16_fn pw = _c16.pw
-    cdef Py_ssize_t n_kb = (s.K + CNNRT_NR - 1) // CNNRT_NR
+    cdef cnnrt_pw48_c16_fn pw48 = _c16.pw48
+    cdef Py_ssize_t n_kb = pw_n_panels(s)
     cdef Py_ssize_t n_runs = N * ((s.H * s.W + s.run - 1) // s.run)
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
     # few blocks of runs: the threads split the weight panels (each reads
-    # half the weights), else the blocks (each thread's tasks go through
-    # every panel for one block of runs, which stays in cache)
+    # its share of the weights), else the blocks (each thread's tasks go
+    # through every panel for one block of runs, which stays in cache)
     cdef bint by_panel = c16_few_runs(s.H * s.W, N, n_threads) and n_kb >= n_threads
-    cdef Py_ssize_t t
+    cdef Py_ssize_t t, block
+    if by_panel:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            pw_c16_share(s, x, y, scratch + threadid() * s.tstride, ukernel, ukernel48, store,
+                         pw, pw48, t, n_threads, n_kb, n_runs)
+        return
     for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
-        if by_panel:
-            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store, pw,
-                        t // n_blocks, t % n_blocks, n_runs)
-        else:
-            pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, store, pw,
-                        t % n_kb, t // n_kb, n_runs)
+        block = t // n_kb
+        pw_c16_task(s, x, y, scratch + threadid() * s.tstride, ukernel, ukernel48, store,
+                    pw, pw48, t % n_kb, block * ROWS_BLOCK,
+                    (block + 1) * ROWS_BLOCK if (block + 1) * ROWS_BLOCK < n_runs else n_runs)
 
 
 # ==========================================================================

@@ -377,6 +377,20 @@ typedef void (*cnnrt_pw_c16_fn)(size_t mr, size_t C, const float *a, ptrdiff_t b
                                 const float *b, const float *bias, int act, float *y0,
                                 float *y1, int first, int last);
 
+/* The channel loop of the pointwise tiles: STEP(j) applies input channel
+ * q + j of the block at ab (16 unrolled per block, then the rest). */
+#define CNNRT_PW_CHANNELS(STEP)                                                 \
+    for (q = 0; q + 16 <= C; q += 16) {                                         \
+        const float *ab = a + (q / 16) * bs;                                    \
+        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)         \
+        STEP(8) STEP(9) STEP(10) STEP(11) STEP(12) STEP(13) STEP(14) STEP(15)   \
+    }                                                                           \
+    if (q < C) {                                                                \
+        const float *ab = a + (q / 16) * bs;                                    \
+        for (j = 0; q + j < C; j++)                                             \
+            STEP(j)                                                             \
+    }
+
 #ifdef CNNRT_X86
 /* The tile for a constant MR (the unused rows are compiled out). */
 __attribute__((target("avx512f"), always_inline))
@@ -415,18 +429,7 @@ static inline void cnnrt_pw_c16_avx512(const size_t MR, size_t C, const float *a
         CNNRT_PW_ROW(6, J, c60, c61) CNNRT_PW_ROW(7, J, c70, c71)               \
         b += 32;                                                                \
     }
-    for (q = 0; q + 16 <= C; q += 16) {
-        const float *ab = a + (q / 16) * bs;
-        CNNRT_PW_STEP(0) CNNRT_PW_STEP(1) CNNRT_PW_STEP(2) CNNRT_PW_STEP(3)
-        CNNRT_PW_STEP(4) CNNRT_PW_STEP(5) CNNRT_PW_STEP(6) CNNRT_PW_STEP(7)
-        CNNRT_PW_STEP(8) CNNRT_PW_STEP(9) CNNRT_PW_STEP(10) CNNRT_PW_STEP(11)
-        CNNRT_PW_STEP(12) CNNRT_PW_STEP(13) CNNRT_PW_STEP(14) CNNRT_PW_STEP(15)
-    }
-    if (q < C) {
-        const float *ab = a + (q / 16) * bs;
-        for (j = 0; q + j < C; j++)
-            CNNRT_PW_STEP(j)
-    }
+    CNNRT_PW_CHANNELS(CNNRT_PW_STEP)
 #undef CNNRT_PW_STEP
 #undef CNNRT_PW_ROW
     {
@@ -462,7 +465,90 @@ static void f32_pw_c16__avx512(size_t mr, size_t C, const float *a, ptrdiff_t bs
     else
         cnnrt_pw_c16_avx512(6, C, a, bs, b, bias, act, y0, y1, first, last);
 }
+
+/* The same over a 48-channel panel: three output blocks y0, y1, y2 (y0 and
+ * y1 always real; y2 NULL where the third is padding), 24 accumulators, one
+ * load per two multiply-adds (the 32-channel tile: nine or ten per 14 or
+ * 16). */
+typedef void (*cnnrt_pw48_c16_fn)(size_t mr, size_t C, const float *a, ptrdiff_t bs,
+                                  const float *b, const float *bias, int act, float *y0,
+                                  float *y1, float *y2, int first, int last);
+
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_pw48_c16_avx512(const size_t MR, size_t C, const float *a,
+                                         ptrdiff_t bs, const float *b, const float *bias,
+                                         int act, float *y0, float *y1, float *y2, int first,
+                                         int last)
+{
+    __m512 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+    __m512 c40, c41, c42, c50, c51, c52, c60, c61, c62, c70, c71, c72;
+    float *const y2r = y2 != NULL ? y2 : y1;  /* read for the sums, never written */
+    size_t q, j;
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = _mm512_setzero_ps();
+    c30 = c31 = c32 = c40 = c41 = c42 = c50 = c51 = c52 = _mm512_setzero_ps();
+    c60 = c61 = c62 = c70 = c71 = c72 = _mm512_setzero_ps();
+    if (!first) {  /* the partial sums of the channels before */
+#define CNNRT_PW48_LOAD(R)                                                      \
+        if ((R) < MR) {                                                         \
+            c##R##0 = _mm512_loadu_ps(y0 + (R) * CNNRT_C16);                    \
+            c##R##1 = _mm512_loadu_ps(y1 + (R) * CNNRT_C16);                    \
+            c##R##2 = _mm512_loadu_ps(y2r + (R) * CNNRT_C16);                   \
+        }
+        CNNRT_PW48_LOAD(0) CNNRT_PW48_LOAD(1) CNNRT_PW48_LOAD(2) CNNRT_PW48_LOAD(3)
+        CNNRT_PW48_LOAD(4) CNNRT_PW48_LOAD(5) CNNRT_PW48_LOAD(6) CNNRT_PW48_LOAD(7)
+#undef CNNRT_PW48_LOAD
+    }
+#define CNNRT_PW48_ROW(R, J)                                                    \
+    if ((R) < MR) {                                                             \
+        const __m512 av = _mm512_set1_ps(ab[(R) * 16 + (J)]);                   \
+        c##R##0 = _mm512_fmadd_ps(av, b0, c##R##0);                             \
+        c##R##1 = _mm512_fmadd_ps(av, b1, c##R##1);                             \
+        c##R##2 = _mm512_fmadd_ps(av, b2, c##R##2);                             \
+    }
+#define CNNRT_PW48_STEP(J)                                                      \
+    {                                                                           \
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);     \
+        const __m512 b2 = _mm512_loadu_ps(b + 32);                              \
+        CNNRT_PW48_ROW(0, J) CNNRT_PW48_ROW(1, J) CNNRT_PW48_ROW(2, J)          \
+        CNNRT_PW48_ROW(3, J) CNNRT_PW48_ROW(4, J) CNNRT_PW48_ROW(5, J)          \
+        CNNRT_PW48_ROW(6, J) CNNRT_PW48_ROW(7, J)                               \
+        b += 48;                                                                \
+    }
+    CNNRT_PW_CHANNELS(CNNRT_PW48_STEP)
+#undef CNNRT_PW48_STEP
+#undef CNNRT_PW48_ROW
+    {
+        const __m512 bv0 = _mm512_loadu_ps(bias), bv1 = _mm512_loadu_ps(bias + 16);
+        const __m512 bv2 = _mm512_loadu_ps(bias + 32);
+#define CNNRT_PW48_OUT(V, BV) (last ? cnnrt_act_avx512(_mm512_add_ps(V, BV), act) : (V))
+#define CNNRT_PW48_STORE(R)                                                     \
+        if ((R) < MR) {                                                         \
+            _mm512_storeu_ps(y0 + (R) * CNNRT_C16, CNNRT_PW48_OUT(c##R##0, bv0));  \
+            _mm512_storeu_ps(y1 + (R) * CNNRT_C16, CNNRT_PW48_OUT(c##R##1, bv1));  \
+            if (y2 != NULL)                                                     \
+                _mm512_storeu_ps(y2 + (R) * CNNRT_C16, CNNRT_PW48_OUT(c##R##2, bv2)); \
+        }
+        CNNRT_PW48_STORE(0) CNNRT_PW48_STORE(1) CNNRT_PW48_STORE(2) CNNRT_PW48_STORE(3)
+        CNNRT_PW48_STORE(4) CNNRT_PW48_STORE(5) CNNRT_PW48_STORE(6) CNNRT_PW48_STORE(7)
+#undef CNNRT_PW48_STORE
+#undef CNNRT_PW48_OUT
+    }
+}
+
+__attribute__((target("avx512f")))
+static void f32_pw48_c16__avx512(size_t mr, size_t C, const float *a, ptrdiff_t bs,
+                                 const float *b, const float *bias, int act, float *y0,
+                                 float *y1, float *y2, int first, int last)
+{
+    if (mr == 8)
+        cnnrt_pw48_c16_avx512(8, C, a, bs, b, bias, act, y0, y1, y2, first, last);
+    else if (mr == 7)
+        cnnrt_pw48_c16_avx512(7, C, a, bs, b, bias, act, y0, y1, y2, first, last);
+    else
+        cnnrt_pw48_c16_avx512(6, C, a, bs, b, bias, act, y0, y1, y2, first, last);
+}
 #endif
+#undef CNNRT_PW_CHANNELS
 
 typedef struct {
     cnnrt_to_c16_fn to_c16;
@@ -470,6 +556,7 @@ typedef struct {
     cnnrt_dw_c16_row_fn dw_row;
     cnnrt_store_c16_fn store;
     cnnrt_pw_c16_fn pw;
+    cnnrt_pw48_c16_fn pw48;
     cnnrt_maxpool_c16_row_fn maxpool_row;
 } cnnrt_c16_config;
 
@@ -481,6 +568,7 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
     cfg.dw_row = f32_dw_c16_row__scalar;
     cfg.store = f32_store_c16__scalar;
     cfg.pw = NULL;
+    cfg.pw48 = NULL;
     cfg.maxpool_row = f32_maxpool_c16_row__scalar;
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
@@ -489,6 +577,7 @@ static cnnrt_c16_config cnnrt_c16_select(int isa)
         cfg.dw_row = f32_dw_c16_row__avx512;
         cfg.store = f32_store_c16__avx512;
         cfg.pw = f32_pw_c16__avx512;
+        cfg.pw48 = f32_pw48_c16__avx512;
         cfg.maxpool_row = f32_maxpool_c16_row__avx512;
     }
 #endif

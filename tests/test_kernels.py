@@ -169,6 +169,35 @@ def test_conv_rows(isa, monkeypatch, shape):
     assert m._plan_panels == [48 if shape["k"] in (33, 36, 40, 65) else 32]
 
 
+@pytest.mark.parametrize("k,widths", [
+    (8, [32]), (32, [32]), (33, [48]), (48, [48]), (64, [32, 32]), (80, [48, 32]),
+    (96, [48, 48]), (112, [48, 32, 32]), (128, [48, 48, 32]), (256, [48] * 4 + [32] * 2),
+    (512, [48] * 10 + [32]), (1024, [48] * 20 + [32] * 2), (200, [48] * 3 + [32] * 2),
+])
+def test_pointwise_panels(k, widths, monkeypatch):
+    """Channel-blocked pointwise panels cover exactly ceil(K/16) blocks of 16,
+    48 channels wide where they can be; the packing puts channel k0 + i of a
+    panel of width w at [k0 * C + q * w + i]."""
+    assert model_mod.pw_panels(k) == widths
+    assert sum(widths) == -(-k // 16) * 16 or widths == [32] * -(-k // 32)
+    rng = np.random.default_rng(k)
+    weight = rng.standard_normal((k, 5, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    packed, b2 = model_mod.pack_pointwise_panels(weight, bias, widths)
+    assert packed.size == sum(widths) * 5 and b2.size == sum(widths)
+    k0 = 0
+    for w in widths:
+        panel = packed[k0 * 5:(k0 + w) * 5].reshape(5, w)
+        real = max(0, min(w, k - k0))
+        np.testing.assert_array_equal(panel[:, :real].T, weight[k0:k0 + real, :, 0, 0])
+        assert not panel[:, real:].any()
+        k0 += w
+    np.testing.assert_array_equal(b2[:k], bias)
+    assert not b2[k:].any()
+    monkeypatch.setattr(model_mod, "PW_PANELS48", False)
+    assert model_mod.pw_panels(k) == [32] * -(-k // 32)
+
+
 @pytest.mark.parametrize("k,panel", [
     (1, 32), (16, 32), (32, 32), (33, 48), (40, 48), (48, 48), (49, 32), (64, 32),
     (65, 48), (96, 48), (128, 32), (144, 48), (192, 48), (512, 32),
@@ -499,6 +528,13 @@ def check_graph(graph, batch=2, seed=1, rtol=1e-4, threads=2):
     # a pool on a partial last block, rows wider than 16 positions
     dict(c=3, h=29, w=75, specs=[("conv", 56, 3, 2, 1, "relu6"),
                                  ("maxpool", 2, 2, (0, 0, 1, 1))]),
+    # pointwise panels of 48 channels, then one or two of 32 (80 and 112
+    # channels), with a last partial run (9x10: eleven runs of 8 and one of 2)
+    dict(c=40, h=9, w=10, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 80, "relu6"),
+                                 ("dw", 3, 1, 1, 1, "none"), ("pw", 112, "none"),
+                                 ("dw", 3, 2, 1, 1, "relu"), ("pw", 200, "relu")]),
+    # ... on a map with enough runs that the threads split them, not the panels
+    dict(c=16, h=32, w=33, specs=[("dw", 3, 1, 1, 1, "relu"), ("pw", 80, "relu")]),
     # a pool read inside the chain stays channel-blocked
     dict(c=3, h=40, w=31, specs=[("conv", 32, 5, 2, 2, "relu"), ("maxpool", 2, 2, 0),
                                  ("dw", 3, 1, 1, 1, "relu"), ("pw", 20, "none")]),
@@ -515,6 +551,9 @@ def test_c16_chains(isa, monkeypatch, case, batch):
     assert m._plan_ops.count("depthwise_c16") == sum(s[0] == "dw" for s in case["specs"])
     assert m._plan_variants.count("c16") == sum(s[0] == "pw" for s in case["specs"])
     assert m._plan_ops.count("maxpool_c16") == sum(s[0] == "maxpool" for s in case["specs"])
+    pw_k = [s[1] for s in case["specs"] if s[0] == "pw"]
+    assert [p for p, v in zip(m._plan_panels, m._plan_variants) if v == "c16"] == [
+        48 if 48 in model_mod.pw_panels(k) else None for k in pw_k]
     if case["specs"][0][0] == "conv":  # written channel-blocked, not reordered
         assert m._plan_ops[0] == "conv2d" and "to_c16" not in m._plan_ops
         assert m._plan_panels[0] == model_mod.rows_panel(case["specs"][0][1])
