@@ -1123,10 +1123,7 @@ class Model:
         widths = pw_panels(K)
         if 48 in widths:
             d["nr"] = 48
-            d["w"], d["b2"] = pack_pointwise_panels(w["weight"], w.get("bias"), widths)
-        else:
-            d["w"] = pack_conv_weights_t(w["weight"], 1)
-            d["b2"] = panel_biases(w.get("bias"), K)
+        d["w"], d["b2"] = pack_pointwise_panels(w["weight"], w.get("bias"), widths)
         # tap q (input channel q) of a position: block q // 16, lane q % 16
         q = np.arange(C)
         d["toff"] = ((q // 16) * HW * 16 + q % 16).astype(np.intp)
