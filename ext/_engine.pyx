@@ -93,6 +93,10 @@ cdef extern from "f32_gemm.h":
     ctypedef void (*cnnrt_gemm_ukernel_rows)(size_t kc, const float* a, const Py_ssize_t* off,
                                              Py_ssize_t a_step, size_t mr, const float* b,
                                              float* c, int first) noexcept nogil
+    ctypedef void (*cnnrt_rows_c16_fn)(size_t kc, const float* a, const Py_ssize_t* off,
+                                       Py_ssize_t a_step, size_t mr, const float* b,
+                                       const float* bias, int act, float* y, Py_ssize_t ys,
+                                       size_t nb) noexcept nogil
     ctypedef struct cnnrt_gemm_config:
         int isa
         size_t nr
@@ -100,6 +104,8 @@ cdef extern from "f32_gemm.h":
         cnnrt_gemm_ukernel_ind ukernel_ind
         cnnrt_gemm_ukernel_rows ukernel_rows
         cnnrt_gemm_ukernel_rows ukernel_rows48
+        cnnrt_rows_c16_fn rows_c16
+        cnnrt_rows_c16_fn rows48_c16
         const char* name
     int CNNRT_MR
     int CNNRT_NR
@@ -807,6 +813,7 @@ cdef inline Py_ssize_t rows_nr(const Step* s) noexcept nogil:
 
 cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tiles,
                          cnnrt_gemm_ukernel_rows ukernel, cnnrt_store_t_fn store_t,
+                         cnnrt_rows_c16_fn rows_c16,
                          Py_ssize_t task, Py_ssize_t n_kb, Py_ssize_t n_runs,
                          Py_ssize_t n_blocks, Py_ssize_t N) noexcept nogil:
     """Block task // n_kb of the runs of 8 output positions (n_blocks blocks
@@ -824,7 +831,7 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef Py_ssize_t k0 = kb * NR
     cdef const float* wb = s.w + kb * Q * NR
     cdef Py_ssize_t image = s.gimage if s.gprep else s.C * s.H * s.W
-    cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr, j, ob
+    cdef Py_ssize_t q0 = 0, kc, r, n, rest, oy, ox0, mr, j, ob, nb
     cdef Py_ssize_t per_image = s.H2 * per_row
     cdef Py_ssize_t r_end, last
     cdef Py_ssize_t n_ob = (s.K + 15) // 16
@@ -835,6 +842,18 @@ cdef void conv_rows_task(const Step* s, const float* grid, float* y, float* tile
     cdef Py_ssize_t run_mr[ROWS_BLOCK]
     if nr > NR:
         nr = NR
+    if s.flag == 5 and rows_c16 != NULL:
+        # channel-blocked output straight from the registers: every tap in
+        # one pass, bias and activation applied on the way out
+        nb = n_ob - k0 // 16
+        if nb > NR // 16:
+            nb = NR // 16
+        for r in range(r0, r1):
+            mr = run_at(s, r, per_row, &n, &oy, &ox0)
+            out = y + (n * n_ob + k0 // 16) * P * 16 + (oy * s.W2 + ox0) * 16
+            rows_c16(Q, grid + n * image + oy * s.sh * s.gw + ox0 * s.sw, s.toff, s.sw, mr, wb,
+                     s.b2 + k0, s.act, out, P * 16, nb)
+        return
     # the output lines this task will store, fetched while it computes
     r = r0
     while r < r1 and s.flag == 3:
@@ -881,6 +900,7 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
     """Convolution (one group) with vectors along output channels (see above)."""
     cdef cnnrt_gemm_ukernel_rows ukernel = _gemm.ukernel_rows48 if s.nr == 48 else _gemm.ukernel_rows
     cdef cnnrt_store_t_fn store_t = _store_t
+    cdef cnnrt_rows_c16_fn rows_c16 = _gemm.rows48_c16 if s.nr == 48 else _gemm.rows_c16
     cdef Py_ssize_t n_kb = (s.K + rows_nr(s) - 1) // rows_nr(s)
     cdef Py_ssize_t n_runs = N * s.H2 * ((s.W2 + CNNRT_MR - 1) // CNNRT_MR)
     cdef Py_ssize_t n_blocks = (n_runs + ROWS_BLOCK - 1) // ROWS_BLOCK
@@ -900,7 +920,7 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
         grid = work
     for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
         conv_rows_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, store_t,
-                       t, n_kb, n_runs, n_blocks, N)
+                       rows_c16, t, n_kb, n_runs, n_blocks, N)
 
 
 cdef void conv2d_f32(const Step* s, const float* x, float* y, float* work, float* scratch,
@@ -1085,11 +1105,14 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
                       cnnrt_gemm_ukernel_rows ukernel, cnnrt_gemm_ukernel_rows ukernel48,
                       cnnrt_store_c16_fn store, cnnrt_pw_c16_fn pw, cnnrt_pw48_c16_fn pw48,
                       Py_ssize_t kb, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """Runs r0 to r1 (at most ROWS_BLOCK) of s.run positions (8, or 7 or 6 where those fill
-    the map better) against one weight panel of 32 or 48 channels
-    (pw_panel); the taps of a position are its channels, 16 floats apart
-    within a block (toff), and neighbouring positions 16 floats apart.  Whole
-    runs go through the pointwise kernel of the ISA where it has one."""
+    """Runs r0 to r1 of s.run positions (8, or 7 or 6 where those fill the
+    map better) against one weight panel of 32 or 48 channels (pw_panel);
+    the taps of a position are its channels, 16 floats apart within a block
+    (toff), and neighbouring positions 16 floats apart.  Whole runs go
+    through the pointwise kernel of the ISA where it has one, PW_KC input
+    channels at a time for all the runs; while one pass runs, the next
+    pass's weights are fetched into L2, a slice after each run (the first
+    run of a pass would otherwise wait on them, from L3 or memory)."""
     cdef Py_ssize_t HW = s.H * s.W
     cdef Py_ssize_t L = s.run
     cdef Py_ssize_t per_image = (HW + L - 1) // L
@@ -1106,11 +1129,28 @@ cdef void pw_c16_task(const Step* s, const float* x, float* y, float* tiles,
     cdef float* out
     cdef float* out1
     cdef float* out2
+    cdef const float* nw = NULL
+    cdef Py_ssize_t n_next, per, k0n, woffn, f0, f1
     if whole:  # 128 channels at a time, partial sums kept in the output
         q0 = 0
         while q0 < s.C:
             kc = span(s.C - q0, PW_KC)
+            # the next pass's weights (this panel's next channels, else the
+            # next panel's first) go to L2 a slice per run while this one runs
+            n_next = 0
+            if q0 + kc < s.C:
+                nw = wb + (q0 + kc) * width
+                n_next = span(s.C - q0 - kc, PW_KC) * width
+            elif kb + 1 < pw_n_panels(s):
+                n_next = span(s.C, PW_KC) * pw_panel(s, kb + 1, &k0n, &woffn)
+                nw = s.w + woffn
+            per = (n_next + r1 - r0 - 1) // (r1 - r0)
             for r in range(r0, r1):
+                if n_next > 0:
+                    f0 = (r - r0) * per
+                    f1 = f0 + per if f0 + per < n_next else n_next
+                    if f0 < f1:
+                        cnnrt_prefetch_rows(nw, 0, 1, f0, f1)
                 n = r // per_image
                 p0 = (r - n * per_image) * L
                 if HW - p0 < L:
@@ -1152,10 +1192,11 @@ cdef void pw_c16_share(const Step* s, const float* x, float* y, float* tiles,
                        Py_ssize_t share, Py_ssize_t n_shares, Py_ssize_t n_kb,
                        Py_ssize_t n_runs) noexcept nogil:
     """Share ``share`` of n_shares equal shares of the multiply-adds, panel
-    by panel (each panel's runs in order, a run costing the panel's width),
-    in blocks of up to ROWS_BLOCK runs.  Panels of 48 and 32 channels then
+    by panel (each panel's runs in order, a run costing the panel's width):
+    one task per panel over the share's runs, so each pass's weights are
+    read once and stay in L1 across them.  Panels of 48 and 32 channels then
     still give every thread the same work."""
-    cdef Py_ssize_t kb, k0, woff, width, lo, hi, ra, rb, r
+    cdef Py_ssize_t kb, k0, woff, width, lo, hi, ra, rb
     cdef Py_ssize_t total = 0, acc = 0
     for kb in range(n_kb):
         total += pw_panel(s, kb, &k0, &woff) * n_runs
@@ -1166,11 +1207,8 @@ cdef void pw_c16_share(const Step* s, const float* x, float* y, float* tiles,
         if acc + width * n_runs > lo and acc < hi:
             ra = (lo - acc) // width if lo > acc else 0
             rb = (hi - acc) // width if hi < acc + width * n_runs else n_runs
-            r = ra
-            while r < rb:
-                pw_c16_task(s, x, y, tiles, ukernel, ukernel48, store, pw, pw48, kb, r,
-                            r + ROWS_BLOCK if r + ROWS_BLOCK < rb else rb)
-                r += ROWS_BLOCK
+            if ra < rb:
+                pw_c16_task(s, x, y, tiles, ukernel, ukernel48, store, pw, pw48, kb, ra, rb)
         acc += width * n_runs
 
 

@@ -154,6 +154,17 @@ typedef void (*cnnrt_gemm_ukernel_rows)(size_t kc, const float *a, const ptrdiff
                                         ptrdiff_t as, size_t mr, const float *b, float *c,
                                         int first);
 
+/* A row tile over all kc taps at once, stored channel-blocked with bias and
+ * activation: act(sum + bias[16 j + i]) of position r < mr goes to
+ * y[j * ys + r * 16 + i] for the nb blocks of 16 channels j < nb (up to 2
+ * for 32-wide panels, 3 for 48).  The sums and the epilogue are those of
+ * the tile kernel followed by the channel-blocked tile store, so the
+ * results are the same to the bit; only the tile between them is gone.
+ * NULL where the ISA has none. */
+typedef void (*cnnrt_rows_c16_fn)(size_t kc, const float *a, const ptrdiff_t *off,
+                                  ptrdiff_t as, size_t mr, const float *b, const float *bias,
+                                  int act, float *y, ptrdiff_t ys, size_t nb);
+
 static inline void cnnrt_rows_scalar(size_t kc, const float *a, const ptrdiff_t *off,
                                      ptrdiff_t as, size_t mr, const float *b, float *c,
                                      int first, size_t width)
@@ -544,7 +555,8 @@ static void f32_gemm_ukernel_8x32_ind__avx512(size_t kc, const float *a, const f
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                           const ptrdiff_t as, size_t mr, const float *b,
-                                          float *c, int first)
+                                          float *c, int first, const float *bias, int act,
+                                          float *y, ptrdiff_t ys, size_t nb)
 {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
     CNNRT_ROWS_POINTERS
@@ -577,6 +589,21 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
         av = _mm512_set1_ps(a7[o]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);
         b += 32;
     }
+    if (y != NULL) {  /* channel-blocked, with bias and activation */
+        const __m512 bv0 = _mm512_loadu_ps(bias);
+        const __m512 bv1 = nb > 1 ? _mm512_loadu_ps(bias + 16) : bv0;
+#define CNNRT_ROWS_C16(R)                                                        \
+        if ((R) < mr) {                                                         \
+            _mm512_storeu_ps(y + (R) * 16, cnnrt_act_avx512(_mm512_add_ps(c##R##0, bv0), act)); \
+            if (nb > 1)                                                         \
+                _mm512_storeu_ps(y + ys + (R) * 16,                            \
+                                 cnnrt_act_avx512(_mm512_add_ps(c##R##1, bv1), act)); \
+        }
+        CNNRT_ROWS_C16(0) CNNRT_ROWS_C16(1) CNNRT_ROWS_C16(2) CNNRT_ROWS_C16(3)
+        CNNRT_ROWS_C16(4) CNNRT_ROWS_C16(5) CNNRT_ROWS_C16(6) CNNRT_ROWS_C16(7)
+#undef CNNRT_ROWS_C16
+        return;
+    }
     _mm512_storeu_ps(c + 0, c00); _mm512_storeu_ps(c + 16, c01);
     _mm512_storeu_ps(c + 32, c10); _mm512_storeu_ps(c + 48, c11);
     _mm512_storeu_ps(c + 64, c20); _mm512_storeu_ps(c + 80, c21);
@@ -591,13 +618,14 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
  * and index at fixed displacements (rows past the run repeat row 0);
  * otherwise eight row pointers.  BODY is compiled for each stride and for
  * runs of 4 to 8 positions. */
+#define CNNRT_ROWS_ARGS c, first, bias, act, y, ys, nb
 #define CNNRT_ROWS_MR(BODY, AS)                                                 \
     switch (mr) {                                                               \
-    case 8: BODY(kc, a, off, AS, 8, b, c, first); return;                       \
-    case 7: BODY(kc, a, off, AS, 7, b, c, first); return;                       \
-    case 6: BODY(kc, a, off, AS, 6, b, c, first); return;                       \
-    case 5: BODY(kc, a, off, AS, 5, b, c, first); return;                       \
-    case 4: BODY(kc, a, off, AS, 4, b, c, first); return;                       \
+    case 8: BODY(kc, a, off, AS, 8, b, CNNRT_ROWS_ARGS); return;                \
+    case 7: BODY(kc, a, off, AS, 7, b, CNNRT_ROWS_ARGS); return;                \
+    case 6: BODY(kc, a, off, AS, 6, b, CNNRT_ROWS_ARGS); return;                \
+    case 5: BODY(kc, a, off, AS, 5, b, CNNRT_ROWS_ARGS); return;                \
+    case 4: BODY(kc, a, off, AS, 4, b, CNNRT_ROWS_ARGS); return;                \
     default: break;                                                             \
     }
 #define CNNRT_ROWS_DISPATCH(BODY)                                               \
@@ -608,13 +636,35 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
     } else if (as == 4) {                                                       \
         CNNRT_ROWS_MR(BODY, 4)                                                  \
     }                                                                           \
-    BODY(kc, a, off, as, mr, b, c, first);
+    BODY(kc, a, off, as, mr, b, CNNRT_ROWS_ARGS);
+/* The tile variants: no epilogue (y NULL, compiled out). */
+#define CNNRT_ROWS_TILE                                                         \
+    const float *const bias = NULL;                                             \
+    const int act = 0;                                                          \
+    float *const y = NULL;                                                      \
+    const ptrdiff_t ys = 0;                                                     \
+    const size_t nb = 0;
+/* The channel-blocked variants: all the taps at once, no tile. */
+#define CNNRT_ROWS_NO_TILE                                                      \
+    float *const c = NULL;                                                      \
+    const int first = 1;
 
 __attribute__((target("avx512f")))
 static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                                ptrdiff_t as, size_t mr, const float *b,
                                                float *c, int first)
 {
+    CNNRT_ROWS_TILE
+    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x32_avx512)
+}
+
+__attribute__((target("avx512f")))
+static void f32_rows_c16_8x32__avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                      ptrdiff_t as, size_t mr, const float *b,
+                                      const float *bias, int act, float *y, ptrdiff_t ys,
+                                      size_t nb)
+{
+    CNNRT_ROWS_NO_TILE
     CNNRT_ROWS_DISPATCH(cnnrt_rows_8x32_avx512)
 }
 
@@ -636,7 +686,8 @@ static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const 
 __attribute__((target("avx512f"), always_inline))
 static inline void cnnrt_rows_8x48_avx512(size_t kc, const float *a, const ptrdiff_t *off,
                                           const ptrdiff_t as, size_t mr, const float *b,
-                                          float *c, int first)
+                                          float *c, int first, const float *bias, int act,
+                                          float *y, ptrdiff_t ys, size_t nb)
 {
     __m512 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
     __m512 c40, c41, c42, c50, c51, c52, c60, c61, c62, c70, c71, c72;
@@ -661,6 +712,25 @@ static inline void cnnrt_rows_8x48_avx512(size_t kc, const float *a, const ptrdi
         CNNRT_ROWS48_FMA(6, a6) CNNRT_ROWS48_FMA(7, a7)
         b += 48;
     }
+    if (y != NULL) {  /* channel-blocked, with bias and activation */
+        const __m512 bv0 = _mm512_loadu_ps(bias);
+        const __m512 bv1 = nb > 1 ? _mm512_loadu_ps(bias + 16) : bv0;
+        const __m512 bv2 = nb > 2 ? _mm512_loadu_ps(bias + 32) : bv0;
+#define CNNRT_ROWS48_C16(R)                                                      \
+        if ((R) < mr) {                                                         \
+            _mm512_storeu_ps(y + (R) * 16, cnnrt_act_avx512(_mm512_add_ps(c##R##0, bv0), act)); \
+            if (nb > 1)                                                         \
+                _mm512_storeu_ps(y + ys + (R) * 16,                            \
+                                 cnnrt_act_avx512(_mm512_add_ps(c##R##1, bv1), act)); \
+            if (nb > 2)                                                         \
+                _mm512_storeu_ps(y + 2 * ys + (R) * 16,                        \
+                                 cnnrt_act_avx512(_mm512_add_ps(c##R##2, bv2), act)); \
+        }
+        CNNRT_ROWS48_C16(0) CNNRT_ROWS48_C16(1) CNNRT_ROWS48_C16(2) CNNRT_ROWS48_C16(3)
+        CNNRT_ROWS48_C16(4) CNNRT_ROWS48_C16(5) CNNRT_ROWS48_C16(6) CNNRT_ROWS48_C16(7)
+#undef CNNRT_ROWS48_C16
+        return;
+    }
     CNNRT_ROWS48_STORE(0) CNNRT_ROWS48_STORE(1) CNNRT_ROWS48_STORE(2) CNNRT_ROWS48_STORE(3)
     CNNRT_ROWS48_STORE(4) CNNRT_ROWS48_STORE(5) CNNRT_ROWS48_STORE(6) CNNRT_ROWS48_STORE(7)
 }
@@ -673,8 +743,22 @@ static void f32_gemm_ukernel_8x48_rows__avx512(size_t kc, const float *a, const 
                                                ptrdiff_t as, size_t mr, const float *b,
                                                float *c, int first)
 {
+    CNNRT_ROWS_TILE
     CNNRT_ROWS_DISPATCH(cnnrt_rows_8x48_avx512)
 }
+
+__attribute__((target("avx512f")))
+static void f32_rows_c16_8x48__avx512(size_t kc, const float *a, const ptrdiff_t *off,
+                                      ptrdiff_t as, size_t mr, const float *b,
+                                      const float *bias, int act, float *y, ptrdiff_t ys,
+                                      size_t nb)
+{
+    CNNRT_ROWS_NO_TILE
+    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x48_avx512)
+}
+#undef CNNRT_ROWS_TILE
+#undef CNNRT_ROWS_NO_TILE
+#undef CNNRT_ROWS_ARGS
 #undef CNNRT_ROWS_DISPATCH
 #undef CNNRT_ROWS_MR
 #undef CNNRT_ROWS_POINTERS
@@ -926,6 +1010,8 @@ typedef struct {
     cnnrt_gemm_ukernel_ind ukernel_ind;
     cnnrt_gemm_ukernel_rows ukernel_rows;
     cnnrt_gemm_ukernel_rows ukernel_rows48;
+    cnnrt_rows_c16_fn rows_c16;
+    cnnrt_rows_c16_fn rows48_c16;
     const char *name;
 } cnnrt_gemm_config;
 
@@ -959,6 +1045,8 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
     cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__scalar;
     cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__scalar;
     cfg.ukernel_rows48 = f32_gemm_ukernel_8x48_rows__scalar;
+    cfg.rows_c16 = NULL;
+    cfg.rows48_c16 = NULL;
     cfg.name = "f32_gemm_ukernel_8x32__scalar";
 #ifdef CNNRT_X86
     if (isa == CNNRT_ISA_AVX512 && cnnrt_isa_supported(CNNRT_ISA_AVX512)) {
@@ -968,6 +1056,8 @@ static cnnrt_gemm_config cnnrt_gemm_select(int isa)
         cfg.ukernel_ind = f32_gemm_ukernel_8x32_ind__avx512;
         cfg.ukernel_rows = f32_gemm_ukernel_8x32_rows__avx512;
         cfg.ukernel_rows48 = f32_gemm_ukernel_8x48_rows__avx512;
+        cfg.rows_c16 = f32_rows_c16_8x32__avx512;
+        cfg.rows48_c16 = f32_rows_c16_8x48__avx512;
         cfg.name = "f32_gemm_ukernel_8x32__avx512";
     } else if (isa == CNNRT_ISA_AVX2 && cnnrt_isa_supported(CNNRT_ISA_AVX2)) {
         cfg.isa = CNNRT_ISA_AVX2;

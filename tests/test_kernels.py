@@ -559,6 +559,28 @@ def test_c16_chains(isa, monkeypatch, case, batch):
         assert m._plan_panels[0] == model_mod.rows_panel(case["specs"][0][1])
 
 
+@pytest.mark.parametrize("k, h, w, stride, act", [
+    (16, 23, 24, 2, "relu"),     # one block of 16 channels; runs of 8 and 4
+    (24, 21, 21, 2, "relu6"),    # a partial second block; runs of 8 and 3
+    (40, 9, 9, 1, "none"),       # a 48-wide panel, its third block partial; runs of 8 and 1
+    (80, 11, 29, 2, "relu"),     # two 48-wide panels, the second two blocks; runs of 8 and 7
+    (104, 7, 11, 1, "relu"),     # panels of 32: the last one block of 8; runs of 8 and 3
+])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rows_channel_blocked_stores(isa, monkeypatch, k, h, w, stride, act, batch):
+    """Convolutions with vectors along output channels that write a
+    channel-blocked chain: every block count and run length, every ISA (on
+    AVX-512 the row kernel stores the blocks from its registers)."""
+    monkeypatch.setattr(model_mod, "C16", "always")
+    monkeypatch.setattr(model_mod, "CONV_ROWS", "always")
+    graph = c16_graph(3, h, w, [("conv", k, 3, stride, 1, act), ("dw", 3, 1, 1, 1, "relu"),
+                                ("pw", 16, "none")])
+    m = check_graph(graph, batch=batch)
+    assert m._plan_ops[0] == "conv2d" and m._plan_variants[0] == "rows"
+    assert "to_c16" not in m._plan_ops
+    assert m._plan_panels[0] == model_mod.rows_panel(k)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_c16_profile_names_reorders(monkeypatch, threads):
     monkeypatch.setattr(model_mod, "C16", "always")
