@@ -297,6 +297,29 @@ static void f32_maxpool_c16_row__scalar(const float *x, ptrdiff_t H, ptrdiff_t W
 }
 
 #ifdef CNNRT_X86
+/* N neighbouring outputs from x0 (their windows inside the row, x0 >= 0):
+ * N independent chains, each taking its window in (ky, kx) order as the
+ * one-output path does, so the results are the same. */
+__attribute__((target("avx512f"), always_inline))
+static inline void cnnrt_maxpool_c16_run_avx512(const int N, const float *x, ptrdiff_t W,
+                                                ptrdiff_t kw, ptrdiff_t sw, ptrdiff_t ylo,
+                                                ptrdiff_t yhi, ptrdiff_t x0, float *o)
+{
+    __m512 a[8];
+    ptrdiff_t iy, kx;
+    int i;
+    for (i = 0; i < N; i++)
+        a[i] = _mm512_set1_ps(-INFINITY);
+    for (iy = ylo; iy < yhi; iy++) {
+        const float *row = x + (iy * W + x0) * CNNRT_C16;
+        for (kx = 0; kx < kw; kx++)
+            for (i = 0; i < N; i++)
+                a[i] = _mm512_max_ps(_mm512_loadu_ps(row + (i * sw + kx) * CNNRT_C16), a[i]);
+    }
+    for (i = 0; i < N; i++)
+        _mm512_storeu_ps(o + i * CNNRT_C16, a[i]);
+}
+
 __attribute__((target("avx512f")))
 static void f32_maxpool_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
                                         ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
@@ -305,18 +328,39 @@ static void f32_maxpool_c16_row__avx512(const float *x, ptrdiff_t H, ptrdiff_t W
     const ptrdiff_t y0 = oy * sh - pt;
     const ptrdiff_t ylo = y0 < 0 ? 0 : y0;
     const ptrdiff_t yhi = y0 + kh > H ? H : y0 + kh;
+    /* outputs lo..hi-1 have their windows inside the row: eight, then four
+     * at a time (one chain of dependent maxima per output would wait on
+     * each); the others clip their windows one at a time */
+    ptrdiff_t lo = pl > 0 ? (pl + sw - 1) / sw : 0;
+    ptrdiff_t hi = W + pl >= kw ? (W + pl - kw) / sw + 1 : 0;
     ptrdiff_t ox, iy, kx;
+    if (hi > W2)
+        hi = W2;
+    if (lo > hi)
+        lo = hi;
     for (ox = 0; ox < W2; ox++) {
-        const ptrdiff_t x0 = ox * sw - pl;
-        const ptrdiff_t xlo = x0 < 0 ? 0 : x0;
-        const ptrdiff_t xhi = x0 + kw > W ? W : x0 + kw;
-        __m512 acc = _mm512_set1_ps(-INFINITY);
-        for (iy = ylo; iy < yhi; iy++) {
-            const float *row = x + iy * W * CNNRT_C16;
-            for (kx = xlo; kx < xhi; kx++)
-                acc = _mm512_max_ps(_mm512_loadu_ps(row + kx * CNNRT_C16), acc);
+        if (ox == lo) {
+            for (; ox + 8 <= hi; ox += 8)
+                cnnrt_maxpool_c16_run_avx512(8, x, W, kw, sw, ylo, yhi, ox * sw - pl,
+                                             orow + ox * CNNRT_C16);
+            for (; ox + 4 <= hi; ox += 4)
+                cnnrt_maxpool_c16_run_avx512(4, x, W, kw, sw, ylo, yhi, ox * sw - pl,
+                                             orow + ox * CNNRT_C16);
+            if (ox == W2)
+                break;
         }
-        _mm512_storeu_ps(orow + ox * CNNRT_C16, acc);
+        {
+            const ptrdiff_t x0 = ox * sw - pl;
+            const ptrdiff_t xlo = x0 < 0 ? 0 : x0;
+            const ptrdiff_t xhi = x0 + kw > W ? W : x0 + kw;
+            __m512 acc = _mm512_set1_ps(-INFINITY);
+            for (iy = ylo; iy < yhi; iy++) {
+                const float *row = x + iy * W * CNNRT_C16;
+                for (kx = xlo; kx < xhi; kx++)
+                    acc = _mm512_max_ps(_mm512_loadu_ps(row + kx * CNNRT_C16), acc);
+            }
+            _mm512_storeu_ps(orow + ox * CNNRT_C16, acc);
+        }
     }
 }
 #endif
