@@ -793,6 +793,7 @@ cdef void conv2d_direct(const Step* s, const float* x, float* y, float* work, fl
 
 DEF ROWS_BLOCK = 16  # runs of 8 positions per task (16 or 24 KB of tiles)
 DEF ROWS_KC = 64  # taps per pass: 8 or 12 KB of weights, which stay in L1 beside the tiles
+DEF ROWS_DYNAMIC_WORK = 1 << 21  # flops per task from which tasks go to threads as they free up
 
 
 cdef inline Py_ssize_t run_at(const Step* s, Py_ssize_t r, Py_ssize_t per_row, Py_ssize_t* n,
@@ -918,6 +919,16 @@ cdef void conv2d_rows(const Step* s, const float* x, float* y, float* work, floa
         for t in prange(N * s.C * n_items, schedule="static", num_threads=n_threads):
             grid_rows(s, x, work, t, n_items)
         grid = work
+    # tasks of many multiply-adds go to whichever thread is free: a thread
+    # that runs slower (the machine's other work, its core's clock) would
+    # otherwise hold the others at the barrier for a whole share of tasks;
+    # smaller ones keep the static ranges, whose neighbouring tasks share
+    # cache lines with the layer that reads their output
+    if 2 * s.C * s.kh * s.kw * CNNRT_MR * rows_nr(s) * (n_runs // n_blocks) >= ROWS_DYNAMIC_WORK:
+        for t in prange(n_blocks * n_kb, schedule="dynamic", chunksize=1, num_threads=n_threads):
+            conv_rows_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, store_t,
+                           rows_c16, t, n_kb, n_runs, n_blocks, N)
+        return
     for t in prange(n_blocks * n_kb, schedule="static", num_threads=n_threads):
         conv_rows_task(s, grid, y, scratch + threadid() * s.tstride, ukernel, store_t,
                        rows_c16, t, n_kb, n_runs, n_blocks, N)

@@ -581,6 +581,20 @@ def test_rows_channel_blocked_stores(isa, monkeypatch, k, h, w, stride, act, bat
     assert m._plan_panels[0] == model_mod.rows_panel(k)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("c16", ["always", "never"])
+def test_rows_large_tasks_any_thread_count(isa, monkeypatch, threads, c16):
+    """Row-kernel tasks with many multiply-adds go to threads as they free up
+    (dynamic schedule); the results stay those of one thread, to the bit."""
+    monkeypatch.setattr(model_mod, "C16", c16)
+    monkeypatch.setattr(model_mod, "CONV_ROWS", "always")
+    graph = c16_graph(8, 30, 30, [("conv", 64, 7, 1, 3, "relu"), ("maxpool", 2, 2, 0)])
+    m = check_graph(graph, batch=3, threads=threads)
+    # 7x7x8 taps, 8 positions by 32 channels and about 16 runs per task:
+    # about 3 million flops, past ROWS_DYNAMIC_WORK (2^21)
+    assert m._plan_variants[0] == "rows"
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_c16_profile_names_reorders(monkeypatch, threads):
     monkeypatch.setattr(model_mod, "C16", "always")
