@@ -649,25 +649,6 @@ static inline void cnnrt_rows_8x32_avx512(size_t kc, const float *a, const ptrdi
     float *const c = NULL;                                                      \
     const int first = 1;
 
-__attribute__((target("avx512f")))
-static void f32_gemm_ukernel_8x32_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
-                                               ptrdiff_t as, size_t mr, const float *b,
-                                               float *c, int first)
-{
-    CNNRT_ROWS_TILE
-    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x32_avx512)
-}
-
-__attribute__((target("avx512f")))
-static void f32_rows_c16_8x32__avx512(size_t kc, const float *a, const ptrdiff_t *off,
-                                      ptrdiff_t as, size_t mr, const float *b,
-                                      const float *bias, int act, float *y, ptrdiff_t ys,
-                                      size_t nb)
-{
-    CNNRT_ROWS_NO_TILE
-    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x32_avx512)
-}
-
 /* One step of the 8x48 tile: position R's tap times the three B vectors. */
 #define CNNRT_ROWS48_FMA(R, AR)                                                  \
     av = _mm512_set1_ps((AR)[o]);                                               \
@@ -738,24 +719,28 @@ static inline void cnnrt_rows_8x48_avx512(size_t kc, const float *a, const ptrdi
 #undef CNNRT_ROWS48_LOAD
 #undef CNNRT_ROWS48_STORE
 
-__attribute__((target("avx512f")))
-static void f32_gemm_ukernel_8x48_rows__avx512(size_t kc, const float *a, const ptrdiff_t *off,
-                                               ptrdiff_t as, size_t mr, const float *b,
-                                               float *c, int first)
-{
-    CNNRT_ROWS_TILE
-    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x48_avx512)
-}
-
-__attribute__((target("avx512f")))
-static void f32_rows_c16_8x48__avx512(size_t kc, const float *a, const ptrdiff_t *off,
-                                      ptrdiff_t as, size_t mr, const float *b,
-                                      const float *bias, int act, float *y, ptrdiff_t ys,
-                                      size_t nb)
-{
-    CNNRT_ROWS_NO_TILE
-    CNNRT_ROWS_DISPATCH(cnnrt_rows_8x48_avx512)
-}
+/* Both entry points of a tile width W: the tile kernel (ukernel_rows,
+ * ukernel_rows48) and the channel-blocked one (rows_c16, rows48_c16). */
+#define CNNRT_ROWS_ENTRIES(W)                                                   \
+    __attribute__((target("avx512f")))                                          \
+    static void f32_gemm_ukernel_8x##W##_rows__avx512(                          \
+        size_t kc, const float *a, const ptrdiff_t *off, ptrdiff_t as, size_t mr, \
+        const float *b, float *c, int first)                                    \
+    {                                                                           \
+        CNNRT_ROWS_TILE                                                         \
+        CNNRT_ROWS_DISPATCH(cnnrt_rows_8x##W##_avx512)                          \
+    }                                                                           \
+    __attribute__((target("avx512f")))                                          \
+    static void f32_rows_c16_8x##W##__avx512(                                   \
+        size_t kc, const float *a, const ptrdiff_t *off, ptrdiff_t as, size_t mr, \
+        const float *b, const float *bias, int act, float *y, ptrdiff_t ys, size_t nb) \
+    {                                                                           \
+        CNNRT_ROWS_NO_TILE                                                      \
+        CNNRT_ROWS_DISPATCH(cnnrt_rows_8x##W##_avx512)                          \
+    }
+CNNRT_ROWS_ENTRIES(32)
+CNNRT_ROWS_ENTRIES(48)
+#undef CNNRT_ROWS_ENTRIES
 #undef CNNRT_ROWS_TILE
 #undef CNNRT_ROWS_NO_TILE
 #undef CNNRT_ROWS_ARGS
